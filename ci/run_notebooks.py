@@ -1,0 +1,134 @@
+"""Execute notebooks with papermill, collect their results files, print a summary table.
+
+    python ci/run_notebooks.py [--nb 02,04] [--profile smoke|full] [--device auto] [--jobs 2]
+
+Executed notebooks go to build/executed/, results to build/results/, the summary to
+build/summary.{md,json}. Exit status 1 if any notebook failed; the failing notebook and cell are named.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nbformat
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from notebooks import BUILD, ROOT, metadata, notebook_path, select  # noqa: E402
+
+PROFILES = ("smoke", "full")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def first_error(executed: Path):
+    """(cell number, cell's first line, 'Error: message') of the first failing cell, or None."""
+    if not executed.exists():
+        return None
+    nb = nbformat.read(executed, as_version=4)
+    for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                head = (cell.source.strip().splitlines() or [""])[0][:80]
+                return i + 1, head, f"{out.get('ename')}: {str(out.get('evalue'))[:300]}"
+    return None
+
+
+def run_one(folder: str, profile: str, device: str, timeout_min: float, extra: list) -> dict:
+    src = notebook_path(folder)
+    out = BUILD / "executed" / f"{folder}.ipynb"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = BUILD / "logs" / f"{folder}.{profile}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "papermill", str(src), str(out), "--cwd", str(src.parent),
+           "-p", "profile", profile, "-p", "device", device, "--kernel", "python3",
+           "--execution-timeout", str(int(timeout_min * 60)), "--no-progress-bar"]
+    for kv in extra:
+        k, _, v = kv.partition("=")
+        cmd += ["-p", k, v]
+    env = dict(os.environ, LABKIT_NO_PROGRESS=os.environ.get("LABKIT_NO_PROGRESS", "1"))
+    t0 = time.perf_counter()
+    try:
+        with open(log, "w") as f:
+            res = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout_min * 60 + 60)
+        status = "ok" if res.returncode == 0 else "FAILED"
+    except subprocess.TimeoutExpired:
+        status = "TIMEOUT"
+    wall = time.perf_counter() - t0
+    row = {"notebook": folder, "status": status, "wall_s": round(wall, 1), "log": str(log.relative_to(ROOT))}
+    if status != "ok":
+        err = first_error(out)
+        row["error"] = (f"cell {err[0]} ({err[1]!r}) raised {err[2]}" if err
+                        else f"see {row['log']}: " + " | ".join(log.read_text(errors="replace").splitlines()[-3:]))
+    res_file = BUILD / "results" / f"{folder}.{profile}.json"
+    if status == "ok" and res_file.exists() and res_file.stat().st_mtime >= time.time() - wall - 5:
+        row["metrics"] = json.loads(res_file.read_text()).get("metrics", {})
+    return row
+
+
+def key_metrics(metrics: dict, limit: int = 4) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in list(metrics.items())[:limit])
+
+
+def write_summary(rows: list, profile: str) -> str:
+    lines = [f"| notebook | status | wall time | key metrics ({profile}) |", "|---|---|---|---|"]
+    for r in rows:
+        detail = key_metrics(r.get("metrics", {})) or r.get("error", "")
+        lines.append(f"| {r['notebook']} | {r['status']} | {r['wall_s']:.0f} s | {detail} |")
+    text = "\n".join(lines)
+    BUILD.mkdir(exist_ok=True)
+    (BUILD / "summary.md").write_text(text + "\n")
+    (BUILD / "summary.json").write_text(json.dumps({"profile": profile, "notebooks": rows}, indent=2) + "\n")
+    return text
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nb", default=os.environ.get("NB", ""), help="notebooks to run (prefixes, comma-separated)")
+    ap.add_argument("--profile", default="smoke")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--jobs", type=int, default=1, help="notebooks executed in parallel")
+    ap.add_argument("-p", "--param", action="append", default=[], help="extra papermill parameter NAME=VALUE")
+    ap.add_argument("--update-committed", action="store_true",
+                    help="copy each executed smoke notebook back over the committed one (to refresh outputs)")
+    args = ap.parse_args(argv)
+    if args.profile not in PROFILES:
+        raise SystemExit(f"PROFILE={args.profile!r} is not allowed; use one of {PROFILES}")
+    if args.device not in DEVICES:
+        raise SystemExit(f"DEVICE={args.device!r} is not allowed; use one of {DEVICES}")
+    folders = select(args.nb)
+    meta = metadata()
+    key = "cpu_smoke_minutes" if args.profile == "smoke" else "gpu_full_minutes"
+
+    def job(folder):
+        m = meta.get(folder, {})
+        timeout = m.get("timeout_minutes", 30) if args.profile == "smoke" else max(60, 3 * m.get(key, 20))
+        print(f"[run] {folder} (profile={args.profile}, expected ~{m.get(key, '?')} min)", flush=True)
+        row = run_one(folder, args.profile, args.device, timeout, args.param)
+        print(f"[run] {folder}: {row['status']} in {row['wall_s']:.0f} s" + (f" -- {row['error']}" if 'error' in row else ""), flush=True)
+        return row
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        rows = list(pool.map(job, folders))
+    print()
+    print(write_summary(rows, args.profile))
+    failed = [r for r in rows if r["status"] != "ok"]
+    if args.update_committed and args.profile == "smoke":
+        for r in rows:
+            if r["status"] == "ok":
+                shutil.copyfile(BUILD / "executed" / f"{r['notebook']}.ipynb", notebook_path(r["notebook"]))
+                print(f"[run] refreshed committed outputs of {r['notebook']}")
+    if failed:
+        for r in failed:
+            print(f"\nFAILED: {r['notebook']}: {r['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Device choice with CPU fallback, an environment report, and seeding."""
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import random
+from typing import Optional
+
+from labkit.profile import check_choice, DEVICES
+
+REPORT_PACKAGES = ("numpy", "torch", "tensorflow", "transformers", "monai", "tritonclient")
+
+
+def _gpu_count(framework: str) -> int:
+    try:
+        if framework == "torch":
+            import torch
+            return torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if framework == "tensorflow":
+            import tensorflow as tf
+            return len(tf.config.list_physical_devices("GPU"))
+    except ImportError:
+        return 0
+    raise ValueError(f"framework={framework!r}; use 'torch' or 'tensorflow'")
+
+
+def select_device(device: str = "auto", framework: str = "torch") -> str:
+    """'auto' -> 'cuda' when a GPU is visible to `framework`, else 'cpu'.
+
+    An explicit 'cuda' on a machine without one is an error that says what to do, rather than a
+    silent fallback that would make a 'GPU' number come from the CPU.
+    """
+    check_choice("device", device, DEVICES)
+    gpus = _gpu_count(framework)
+    if device == "auto":
+        return "cuda" if gpus else "cpu"
+    if device == "cuda" and not gpus:
+        raise RuntimeError(
+            f"device='cuda' was asked for, but {framework} sees no GPU. "
+            "Run with device='auto' or 'cpu', or on a machine with an NVIDIA GPU and a CUDA build."
+        )
+    return device
+
+
+def _version(name: str) -> Optional[str]:
+    try:
+        return getattr(importlib.import_module(name), "__version__", "?")
+    except Exception:  # not installed, or fails to import: the report says so
+        return None
+
+
+def machine_info(framework: str = "torch") -> dict:
+    """What ran this: CPU model and cores, GPU name and count, library versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    gpu, gpu_count = None, 0
+    if framework == "torch":
+        try:
+            import torch
+            if torch.cuda.is_available():
+                gpu_count = torch.cuda.device_count()
+                gpu = torch.cuda.get_device_name(0)
+        except ImportError:
+            pass
+    else:
+        gpu_count = _gpu_count(framework)
+        gpu = "GPU" if gpu_count else None
+    return {
+        "cpu": f"{cpu} ({os.cpu_count()} cores)",
+        "gpu": gpu,
+        "gpu_count": gpu_count,
+        "python": platform.python_version(),
+        "versions": {p: _version(p) for p in REPORT_PACKAGES if _version(p)},
+    }
+
+
+def environment_report(framework: str = "torch", show: bool = True) -> dict:
+    """Print (and return) the machine and library versions a notebook runs on."""
+    info = machine_info(framework)
+    if show:
+        print(f"python {info['python']} | CPU: {info['cpu']}")
+        print(f"GPU: {info['gpu'] or 'none'} (count {info['gpu_count']})")
+        print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    return info
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy, torch and TensorFlow (whichever are installed)."""
+    random.seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    try:
+        import numpy as np
+        np.random.seed(seed)
+    except ImportError:
+        pass
+    try:
+        import torch
+        torch.manual_seed(seed)
+    except ImportError:
+        pass
+    import sys
+    if "tensorflow" in sys.modules:  # don't pay TF's import time in torch notebooks
+        sys.modules["tensorflow"].random.set_seed(seed)
