@@ -1,7 +1,7 @@
 """Device choice with CPU fallback, an environment report, and seeding."""
 from __future__ import annotations
 
-import importlib
+import importlib.metadata
 import os
 import platform
 import random
@@ -9,7 +9,9 @@ from typing import Optional
 
 from labkit.profile import check_choice, DEVICES
 
-REPORT_PACKAGES = ("numpy", "torch", "tensorflow", "transformers", "monai", "tritonclient")
+# name shown -> distributions that provide it (read from metadata: nothing is imported)
+REPORT_PACKAGES = {"numpy": ("numpy",), "torch": ("torch",), "tensorflow": ("tensorflow", "tensorflow-cpu"),
+                   "transformers": ("transformers",), "monai": ("monai",), "tritonclient": ("tritonclient",)}
 
 
 def _gpu_count(framework: str) -> int:
@@ -43,11 +45,13 @@ def select_device(device: str = "auto", framework: str = "torch") -> str:
     return device
 
 
-def _version(name: str) -> Optional[str]:
-    try:
-        return getattr(importlib.import_module(name), "__version__", "?")
-    except Exception:  # not installed, or fails to import: the report says so
-        return None
+def _version(dists) -> Optional[str]:
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def machine_info(framework: str = "torch") -> dict:
@@ -78,7 +82,7 @@ def machine_info(framework: str = "torch") -> dict:
         "gpu": gpu,
         "gpu_count": gpu_count,
         "python": platform.python_version(),
-        "versions": {p: _version(p) for p in REPORT_PACKAGES if _version(p)},
+        "versions": {name: v for name, dists in REPORT_PACKAGES.items() if (v := _version(dists))},
     }
 
 

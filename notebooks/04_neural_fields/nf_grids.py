@@ -1,0 +1,412 @@
+"""Feature grids behind one interface: ``grid(points, lod=None) -> features``.
+
+Every grid maps points in [-1, 1]^dim (dim 2 for images, 3 for shapes and scenes) to a feature vector
+of ``grid.output_dim`` numbers. ``lod`` picks the finest level of detail used (0 = coarsest, None =
+all); coarser LODs give the same output width (unused levels are zeros or left out of a sum), so one
+decoder serves every LOD. The five grids, as in Kaolin Wisp:
+
+* ``DenseGrid``     features at the corners of regular grids (the baseline), via ``grid_sample``.
+* ``HashGrid``      Instant-NGP multiresolution hash encoding (growth factor b, spatial hash with the
+                    published primes, direct indexing where a level fits its table).
+* ``OctreeGrid``    NGLOD sparse octree: features only at the corners of occupied cells, per LOD,
+                    summed over LODs; lookups by binary search in sorted cell / corner keys.
+* ``TriplaneGrid``  EG3D triplanes with several LODs: a point's features are the sum of its three
+                    plane projections (one plane in 2-D), concatenated over LODs.
+* ``CodebookGrid``  VQAD-style learned-index codebook: each corner holds logits over K codewords;
+                    forward uses the hard (argmax) codeword, backward the softmax (straight-through),
+                    so only log2(K) bits per corner plus the codebook are stored.
+
+All interpolation is d-linear over the 2^d corners of the cell that holds the point, so a grid is
+exact at its corners and continuous between them (tests/test_grids.py checks both).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Instant-NGP's spatial hash primes (Mueller et al. 2022, eq. 4; pi_1 = 1 for cache coherence).
+PRIMES = (1, 2654435761, 805459861)
+
+
+def corner_offsets(dim: int, device=None) -> torch.Tensor:
+    """The 2^dim corner offsets of a cell, shape (2^dim, dim), entries 0/1 (bit i of the row = axis i)."""
+    idx = torch.arange(2 ** dim, device=device)
+    return torch.stack([(idx >> i) & 1 for i in range(dim)], dim=-1)
+
+
+def to_unit(points: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1], clamped (points outside the box take the boundary's features)."""
+    return ((points + 1.0) * 0.5).clamp(0.0, 1.0)
+
+
+def cell_corners(u: torch.Tensor, res: torch.Tensor, offsets: torch.Tensor):
+    """Integer corners and d-linear weights of the cells that hold u.
+
+    u: (N, d) in [0, 1]; res: (L,) cells per side for each level; offsets: (2^d, d).
+    Returns corners (N, L, 2^d, d) int64 in [0, res] and weights (N, L, 2^d) summing to 1.
+    """
+    pos = u[:, None, :] * res[None, :, None].to(u.dtype)                         # (N, L, d)
+    base = torch.minimum(pos.floor(), (res[None, :, None] - 1).to(u.dtype))      # the last cell owns u=1
+    frac = pos - base                                                            # in [0, 1]
+    base = base.long()
+    corners = base[:, :, None, :] + offsets[None, None]                          # (N, L, 2^d, d)
+    off = offsets[None, None].to(u.dtype)
+    w = torch.where(off > 0, frac[:, :, None, :], 1.0 - frac[:, :, None, :]).prod(-1)
+    return corners, w
+
+
+class FeatureGrid(nn.Module):
+    """Common interface. Subclasses set dim, num_lods, output_dim and implement forward."""
+
+    dim: int
+    num_lods: int
+    output_dim: int
+    kind: str = "grid"
+
+    def check_lod(self, lod: Optional[int]) -> int:
+        if lod is None:
+            return self.num_lods - 1
+        if not 0 <= int(lod) < self.num_lods:
+            raise ValueError(f"lod={lod} is out of range for a {self.kind} grid with {self.num_lods} LODs "
+                             f"(use 0..{self.num_lods - 1} or None for all)")
+        return int(lod)
+
+    def check_points(self, points: torch.Tensor) -> None:
+        if points.ndim != 2 or points.shape[1] != self.dim:
+            raise ValueError(f"{self.kind} grid expects points of shape (N, {self.dim}); got {tuple(points.shape)}")
+
+    def num_params(self) -> int:
+        """Trainable numbers."""
+        return sum(p.numel() for p in self.parameters())
+
+    def stored_params(self) -> float:
+        """Numbers needed at inference, counted as float32 values (the codebook grid stores less)."""
+        return float(self.num_params())
+
+    def lod_params(self, lod: int) -> float:
+        """Stored numbers used by LODs 0..lod (for quality/size trade-offs)."""
+        return self.stored_params() * (lod + 1) / self.num_lods
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, lods={self.num_lods}, output_dim={self.output_dim}, params={self.num_params():,}"
+
+
+# ------------------------------------------------------------------------------------------------
+class DenseGrid(FeatureGrid):
+    """Regular grids of (res+1)^dim corner features, one per LOD, concatenated. The baseline."""
+
+    kind = "dense"
+
+    def __init__(self, dim: int = 3, resolutions: Sequence[int] = (64,), features: int = 8,
+                 init_std: float = 0.01):
+        super().__init__()
+        self.dim, self.resolutions, self.features = dim, list(resolutions), features
+        self.num_lods = len(self.resolutions)
+        self.output_dim = features * self.num_lods
+        shape = lambda r: (1, features) + (r + 1,) * dim
+        self.grids = nn.ParameterList([nn.Parameter(torch.randn(shape(r)) * init_std) for r in self.resolutions])
+
+    def forward(self, points: torch.Tensor, lod: Optional[int] = None) -> torch.Tensor:
+        self.check_points(points)
+        lod = self.check_lod(lod)
+        n = points.shape[0]
+        # grid_sample wants (x, y[, z]) indexing (W, H[, D]): our grids are stored in that order.
+        g = points.clamp(-1, 1).view(1, n, *([1] * (self.dim - 1)), self.dim)
+        outs = []
+        for i in range(lod + 1):
+            f = F.grid_sample(self.grids[i], g, mode="bilinear", padding_mode="border", align_corners=True)
+            outs.append(f.reshape(self.features, n).t())
+        out = torch.cat(outs, dim=1)
+        return F.pad(out, (0, self.output_dim - out.shape[1]))
+
+    def lod_params(self, lod: int) -> float:
+        return float(sum(self.grids[i].numel() for i in range(lod + 1)))
+
+
+# ------------------------------------------------------------------------------------------------
+def hash_growth(n_min: int, n_max: int, levels: int) -> float:
+    """Instant-NGP growth factor b = exp((ln N_max - ln N_min) / (L - 1))."""
+    return math.exp((math.log(n_max) - math.log(n_min)) / max(levels - 1, 1))
+
+
+def spatial_hash(coords: torch.Tensor, table_size: int) -> torch.Tensor:
+    """XOR over axes of coords_i * pi_i, modulo the table size (a power of two, so mod = mask).
+
+    int64 products keep the low 32 bits exactly as Instant-NGP's uint32 arithmetic does, so the
+    index is the same as the CUDA original's for any table size 2^k <= 2^32."""
+    h = torch.zeros(coords.shape[:-1], dtype=torch.int64, device=coords.device)
+    for i in range(coords.shape[-1]):
+        h = h ^ (coords[..., i] * PRIMES[i])
+    return h & (table_size - 1)
+
+
+class HashGrid(FeatureGrid):
+    """Multiresolution hash encoding (Instant-NGP): L levels, F features each, tables of T entries."""
+
+    kind = "hash"
+
+    def __init__(self, dim: int = 3, levels: int = 16, features: int = 2, log2_table: int = 19,
+                 n_min: int = 16, n_max: int = 2048, init_range: float = 1e-4):
+        super().__init__()
+        if dim > len(PRIMES):
+            raise ValueError(f"dim={dim}: the hash has primes for up to {len(PRIMES)} dimensions")
+        self.dim, self.levels, self.features = dim, levels, features
+        self.table_size = 2 ** log2_table
+        self.growth = hash_growth(n_min, n_max, levels)
+        res = [int(math.floor(n_min * self.growth ** l + 1e-6)) for l in range(levels)]
+        sizes = [min(self.table_size, (r + 1) ** dim) for r in res]
+        self.hashed = [(r + 1) ** dim > self.table_size for r in res]
+        offsets = [0]
+        for s in sizes:
+            offsets.append(offsets[-1] + s)
+        self.num_lods = levels
+        self.output_dim = levels * features
+        self.register_buffer("res", torch.tensor(res, dtype=torch.int64), persistent=False)
+        self.register_buffer("sizes", torch.tensor(sizes, dtype=torch.int64), persistent=False)
+        self.register_buffer("offsets", torch.tensor(offsets[:-1], dtype=torch.int64), persistent=False)
+        self.register_buffer("is_hashed", torch.tensor(self.hashed), persistent=False)
+        self.register_buffer("corner_offsets", corner_offsets(dim), persistent=False)
+        strides = torch.stack([(torch.tensor(res) + 1) ** i for i in range(dim)], dim=-1)  # (L, d)
+        self.register_buffer("strides", strides.to(torch.int64), persistent=False)
+        self.table = nn.Parameter(torch.empty(offsets[-1], features).uniform_(-init_range, init_range))
+
+    def level_index(self, corners: torch.Tensor, levels: slice) -> torch.Tensor:
+        """Row of the table for integer corners (N, L', 2^d, d) of levels `levels`."""
+        direct = (corners * self.strides[levels][None, :, None, :]).sum(-1)
+        hashed = spatial_hash(corners, self.table_size)
+        idx = torch.where(self.is_hashed[levels][None, :, None], hashed, direct)
+        return idx + self.offsets[levels][None, :, None]
+
+    def forward(self, points: torch.Tensor, lod: Optional[int] = None) -> torch.Tensor:
+        self.check_points(points)
+        lod = self.check_lod(lod)
+        lv = slice(0, lod + 1)
+        corners, w = cell_corners(to_unit(points), self.res[lv], self.corner_offsets)
+        idx = self.level_index(corners, lv)                                  # (N, L', 2^d)
+        feats = self.table[idx.reshape(-1)].view(*idx.shape, self.features)  # (N, L', 2^d, F)
+        out = (feats * w[..., None]).sum(2).reshape(points.shape[0], -1)
+        return F.pad(out, (0, self.output_dim - out.shape[1]))
+
+    def lod_params(self, lod: int) -> float:
+        return float(self.sizes[: lod + 1].sum().item() * self.features)
+
+
+# ------------------------------------------------------------------------------------------------
+def _keys(cells: torch.Tensor, side: int) -> torch.Tensor:
+    """Linear key of integer cells/corners on a grid with `side` entries per axis."""
+    key = torch.zeros(cells.shape[:-1], dtype=torch.int64, device=cells.device)
+    for i in range(cells.shape[-1] - 1, -1, -1):
+        key = key * side + cells[..., i]
+    return key
+
+
+def _lookup(sorted_keys: torch.Tensor, query: torch.Tensor):
+    """Positions of `query` in `sorted_keys` and whether each is present."""
+    if sorted_keys.numel() == 0:
+        z = torch.zeros_like(query)
+        return z, torch.zeros(query.shape, dtype=torch.bool, device=query.device)
+    pos = torch.searchsorted(sorted_keys, query).clamp(max=sorted_keys.numel() - 1)
+    return pos, sorted_keys[pos] == query
+
+
+class OctreeGrid(FeatureGrid):
+    """NGLOD-style sparse octree (quadtree in 2-D) with features at the corners of occupied cells.
+
+    Octree level l has 2^l cells per side; LOD i is level base_level + i. A cell is stored only if an
+    input point falls in it (levels <= dense_level store every cell). Features of a point are summed
+    over LODs 0..lod; a level whose cell at the point is empty contributes zero."""
+
+    kind = "octree"
+
+    def __init__(self, dim: int, cells: List[torch.Tensor], base_level: int, features: int = 16,
+                 init_std: float = 0.01):
+        super().__init__()
+        self.dim, self.features, self.base_level = dim, features, base_level
+        self.num_lods = len(cells)
+        self.output_dim = features
+        self.register_buffer("corner_offsets", corner_offsets(dim), persistent=False)
+        offset = 0
+        self.level_offsets, self.level_corners = [], []
+        for i, c in enumerate(cells):
+            side = 2 ** (base_level + i)
+            ckeys = torch.unique(_keys(c, side))
+            corner_keys = torch.unique(_keys(c[:, None, :] + corner_offsets(dim, c.device)[None], side + 1))
+            self.register_buffer(f"cell_keys_{i}", ckeys, persistent=True)
+            self.register_buffer(f"corner_keys_{i}", corner_keys, persistent=True)
+            self.level_offsets.append(offset)
+            self.level_corners.append(int(corner_keys.numel()))
+            offset += int(corner_keys.numel())
+        self.features_table = nn.Parameter(torch.randn(offset, features) * init_std)
+
+    @classmethod
+    def from_points(cls, points: torch.Tensor, base_level: int = 2, num_lods: int = 5, features: int = 16,
+                    dense_level: Optional[int] = None, init_std: float = 0.01) -> "OctreeGrid":
+        """Build the tree from a point set in [-1, 1]^dim: a cell is occupied if a point falls in it."""
+        dim = points.shape[1]
+        u = to_unit(points.detach().float())
+        cells = []
+        for i in range(num_lods):
+            level = base_level + i
+            side = 2 ** level
+            if dense_level is not None and level <= dense_level:
+                axes = [torch.arange(side, device=points.device)] * dim
+                c = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, dim)
+            else:
+                c = (u * side).floor().clamp(max=side - 1).long()
+                c = torch.unique(c, dim=0)
+            cells.append(c)
+        return cls(dim, cells, base_level, features, init_std)
+
+    def cell_keys(self, i: int) -> torch.Tensor:
+        return getattr(self, f"cell_keys_{i}")
+
+    def corner_keys(self, i: int) -> torch.Tensor:
+        return getattr(self, f"corner_keys_{i}")
+
+    def occupied_cells(self, i: int) -> torch.Tensor:
+        """Integer coordinates (n, dim) of the occupied cells of LOD i."""
+        side = 2 ** (self.base_level + i)
+        k = self.cell_keys(i)
+        return torch.stack([(k // side ** a) % side for a in range(self.dim)], -1)
+
+    def occupancy(self, points: torch.Tensor, lod: Optional[int] = None) -> torch.Tensor:
+        """Whether each point lies in an occupied cell of LOD `lod`."""
+        lod = self.check_lod(lod)
+        side = 2 ** (self.base_level + lod)
+        c = (to_unit(points) * side).floor().clamp(max=side - 1).long()
+        return _lookup(self.cell_keys(lod), _keys(c, side))[1]
+
+    def forward(self, points: torch.Tensor, lod: Optional[int] = None) -> torch.Tensor:
+        self.check_points(points)
+        lod = self.check_lod(lod)
+        u = to_unit(points)
+        out = points.new_zeros(points.shape[0], self.features)
+        for i in range(lod + 1):
+            side = 2 ** (self.base_level + i)
+            res = torch.tensor([side], device=points.device)
+            corners, w = cell_corners(u, res, self.corner_offsets)            # (N, 1, 2^d, d)
+            corners, w = corners[:, 0], w[:, 0]
+            cell = corners[:, 0]                                               # offset 0 = the cell itself
+            _, occ = _lookup(self.cell_keys(i), _keys(cell, side))
+            pos, _ = _lookup(self.corner_keys(i), _keys(corners, side + 1))    # (N, 2^d)
+            feats = self.features_table[pos + self.level_offsets[i]]           # (N, 2^d, F)
+            out = out + (feats * (w * occ[:, None].to(w.dtype))[..., None]).sum(1)
+        return out
+
+    def lod_params(self, lod: int) -> float:
+        return float(sum(self.level_corners[: lod + 1]) * self.features)
+
+
+# ------------------------------------------------------------------------------------------------
+class TriplaneGrid(FeatureGrid):
+    """EG3D triplanes at several LODs: features = sum of the xy, xz, yz plane samples, concat over LODs.
+
+    In 2-D there is one plane, so this becomes a multi-LOD 2-D grid."""
+
+    kind = "triplane"
+
+    def __init__(self, dim: int = 3, resolutions: Sequence[int] = (32, 64, 128), features: int = 8,
+                 init_std: float = 0.1):
+        super().__init__()
+        self.dim, self.resolutions, self.features = dim, list(resolutions), features
+        self.planes_axes = [(0, 1), (0, 2), (1, 2)] if dim == 3 else [(0, 1)]
+        self.num_lods = len(self.resolutions)
+        self.output_dim = features * self.num_lods
+        self.planes = nn.ParameterList([
+            nn.Parameter(torch.randn(len(self.planes_axes), features, r + 1, r + 1) * init_std)
+            for r in self.resolutions])
+
+    def forward(self, points: torch.Tensor, lod: Optional[int] = None) -> torch.Tensor:
+        self.check_points(points)
+        lod = self.check_lod(lod)
+        n, p = points.shape[0], len(self.planes_axes)
+        x = points.clamp(-1, 1)
+        g = torch.stack([x[:, list(a)] for a in self.planes_axes], 0).view(p, n, 1, 2)  # (P, N, 1, 2)
+        outs = []
+        for i in range(lod + 1):
+            f = F.grid_sample(self.planes[i], g, mode="bilinear", padding_mode="border", align_corners=True)
+            outs.append(f.sum(0).reshape(self.features, n).t())
+        out = torch.cat(outs, dim=1)
+        return F.pad(out, (0, self.output_dim - out.shape[1]))
+
+    def lod_params(self, lod: int) -> float:
+        return float(sum(self.planes[i].numel() for i in range(lod + 1)))
+
+
+# ------------------------------------------------------------------------------------------------
+class CodebookGrid(FeatureGrid):
+    """Learned-index codebook grid (VQAD, Takikawa et al. 2022) on multi-LOD regular grids.
+
+    Each corner of LOD i holds K logits; its feature is codebook_i[argmax] in the forward pass and
+    the softmax-weighted codeword in the backward pass (straight-through). Stored for inference:
+    log2(K) bits per corner plus K x F codewords per LOD."""
+
+    kind = "codebook"
+
+    def __init__(self, dim: int = 3, resolutions: Sequence[int] = (16, 32, 64), features: int = 8,
+                 codebook_bits: int = 4, init_std: float = 0.1, hard: bool = True):
+        super().__init__()
+        self.dim, self.resolutions, self.features = dim, list(resolutions), features
+        self.codebook_size = 2 ** codebook_bits
+        self.bits = codebook_bits
+        self.hard = hard
+        self.num_lods = len(self.resolutions)
+        self.output_dim = features * self.num_lods
+        self.register_buffer("corner_offsets", corner_offsets(dim), persistent=False)
+        self.logits = nn.ParameterList([nn.Parameter(torch.randn((r + 1) ** dim, self.codebook_size) * 0.01)
+                                        for r in self.resolutions])
+        self.codebooks = nn.ParameterList([nn.Parameter(torch.randn(self.codebook_size, features) * init_std)
+                                           for _ in self.resolutions])
+
+    def corner_features(self, i: int, idx: torch.Tensor) -> torch.Tensor:
+        logits = self.logits[i][idx]                                  # (..., K)
+        soft = logits.softmax(-1)
+        if self.hard:
+            one_hot = F.one_hot(logits.argmax(-1), self.codebook_size).to(soft.dtype)
+            weights = one_hot + soft - soft.detach()                  # straight-through estimator
+        else:
+            weights = soft
+        return weights @ self.codebooks[i]
+
+    def forward(self, points: torch.Tensor, lod: Optional[int] = None) -> torch.Tensor:
+        self.check_points(points)
+        lod = self.check_lod(lod)
+        u = to_unit(points)
+        outs = []
+        for i in range(lod + 1):
+            r = self.resolutions[i]
+            corners, w = cell_corners(u, torch.tensor([r], device=points.device), self.corner_offsets)
+            idx = _keys(corners[:, 0], r + 1)                             # (N, 2^d)
+            feats = self.corner_features(i, idx)                          # (N, 2^d, F)
+            outs.append((feats * w[:, 0, :, None]).sum(1))
+        out = torch.cat(outs, dim=1)
+        return F.pad(out, (0, self.output_dim - out.shape[1]))
+
+    def stored_params(self) -> float:
+        return self.lod_params(self.num_lods - 1)
+
+    def lod_params(self, lod: int) -> float:
+        total = 0.0
+        for i in range(lod + 1):
+            total += self.logits[i].shape[0] * self.bits / 32 + self.codebooks[i].numel()
+        return total
+
+
+# ------------------------------------------------------------------------------------------------
+GRID_TYPES = {"dense": DenseGrid, "hash": HashGrid, "octree": OctreeGrid, "triplane": TriplaneGrid,
+              "codebook": CodebookGrid}
+
+
+def make_grid(kind: str, dim: int, points: Optional[torch.Tensor] = None, **kw) -> FeatureGrid:
+    """Build a grid by name; the octree needs `points` (where the signal lives) to know its cells."""
+    if kind not in GRID_TYPES:
+        raise ValueError(f"unknown grid kind {kind!r}; choose from {', '.join(GRID_TYPES)}")
+    if kind == "octree":
+        if points is None:
+            raise ValueError("an octree grid is built from points: make_grid('octree', dim, points=...)")
+        return OctreeGrid.from_points(points, **kw)
+    return GRID_TYPES[kind](dim=dim, **kw)

@@ -1,0 +1,406 @@
+"""The split virtqueue (virtio 1.x, section 2.7) in its exact binary layout over one shared buffer.
+
+Nothing here keeps ring state in Python objects that the other side could peek at: the driver (guest)
+and the device (host, vhost, or a vDPA NIC) share only the bytes of a `GuestMemory`, exactly as the
+real thing shares only guest RAM. Each side keeps its own private counters (the driver's free list and
+shadow indices, the device's `last_avail_idx`), as Linux's virtio_ring.c and vhost do.
+
+Layout for a queue of size Q (a power of two, at most 32768), all fields little-endian:
+
+    descriptor table  Q x 16 bytes   {le64 addr, le32 len, le16 flags, le16 next}   (16-byte aligned)
+    available ring    6 + 2Q bytes   {le16 flags, le16 idx, le16 ring[Q], le16 used_event}   (2-aligned)
+    used ring         6 + 8Q bytes   {le16 flags, le16 idx, {le32 id, le32 len} ring[Q], le16 avail_event}
+                                      (4-aligned in virtio 1.x; legacy devices put it on a 4096 boundary)
+
+The indices `avail.idx` and `used.idx` are free-running 16-bit counters: they are never reduced modulo Q
+when stored, only when used to address a slot, and they wrap from 65535 to 0.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+# descriptor flags
+VRING_DESC_F_NEXT = 1
+VRING_DESC_F_WRITE = 2
+VRING_DESC_F_INDIRECT = 4
+# ring flags (used when EVENT_IDX is not negotiated)
+VRING_AVAIL_F_NO_INTERRUPT = 1
+VRING_USED_F_NO_NOTIFY = 1
+# feature bits
+VIRTIO_F_INDIRECT_DESC = 28
+VIRTIO_F_EVENT_IDX = 29
+
+DESC = struct.Struct("<QIHH")     # addr, len, flags, next: 16 bytes
+U16 = struct.Struct("<H")
+USED_ELEM = struct.Struct("<II")  # id, len: 8 bytes
+
+
+class RingFull(Exception):
+    """The driver has fewer free descriptors than the buffer needs: the buffer is refused."""
+
+
+class RingError(Exception):
+    """The ring's contents violate the spec (a loop in a chain, an index jump larger than Q, ...)."""
+
+
+def u16(x: int) -> int:
+    return x & 0xFFFF
+
+
+def vring_need_event(event_idx: int, new_idx: int, old: int) -> bool:
+    """The EVENT_IDX rule (virtio spec 2.7.10, Linux include/uapi/linux/virtio_ring.h).
+
+    The other side asked to be told once index `event_idx` has been passed. We moved our index from
+    `old` to `new_idx`; notify iff event_idx lies in [old, new_idx), all arithmetic in 16 bits:
+        (u16)(new_idx - event_idx - 1) < (u16)(new_idx - old)
+    """
+    return u16(new_idx - event_idx - 1) < u16(new_idx - old)
+
+
+def align_up(x: int, a: int) -> int:
+    return (x + a - 1) & ~(a - 1)
+
+
+@dataclass(frozen=True)
+class SplitLayout:
+    """Byte offsets of every part of a split virtqueue of size `q`, relative to its base address."""
+    q: int
+    used_align: int = 4   # 4 for virtio 1.x; 4096 reproduces the legacy (virtio 0.9.5) layout
+
+    def __post_init__(self):
+        if self.q < 1 or self.q > 32768 or self.q & (self.q - 1):
+            raise ValueError(f"queue size {self.q} must be a power of two between 1 and 32768")
+
+    # descriptor table
+    @property
+    def desc(self) -> int:
+        return 0
+
+    def desc_entry(self, i: int) -> int:
+        return 16 * i
+
+    # available ring
+    @property
+    def avail(self) -> int:
+        return 16 * self.q
+
+    @property
+    def avail_flags(self) -> int:
+        return self.avail
+
+    @property
+    def avail_idx(self) -> int:
+        return self.avail + 2
+
+    def avail_ring(self, slot: int) -> int:
+        return self.avail + 4 + 2 * slot
+
+    @property
+    def used_event(self) -> int:
+        return self.avail + 4 + 2 * self.q
+
+    # used ring
+    @property
+    def used(self) -> int:
+        return align_up(self.avail + 6 + 2 * self.q, self.used_align)
+
+    @property
+    def used_flags(self) -> int:
+        return self.used
+
+    @property
+    def used_idx(self) -> int:
+        return self.used + 2
+
+    def used_ring(self, slot: int) -> int:
+        return self.used + 4 + 8 * slot
+
+    @property
+    def avail_event(self) -> int:
+        return self.used + 4 + 8 * self.q
+
+    @property
+    def size(self) -> int:
+        return self.avail_event + 2
+
+    def table(self) -> list:
+        """(part, offset, bytes) rows, for printing."""
+        return [("descriptor table", self.desc, 16 * self.q),
+                ("avail.flags", self.avail_flags, 2), ("avail.idx", self.avail_idx, 2),
+                ("avail.ring[Q]", self.avail_ring(0), 2 * self.q), ("avail.used_event", self.used_event, 2),
+                ("padding", self.used_event + 2, self.used - self.used_event - 2),
+                ("used.flags", self.used_flags, 2), ("used.idx", self.used_idx, 2),
+                ("used.ring[Q]", self.used_ring(0), 8 * self.q), ("used.avail_event", self.avail_event, 2)]
+
+
+class GuestMemory:
+    """A flat byte array standing in for guest RAM, with a bump allocator. Addresses are offsets."""
+
+    def __init__(self, size: int):
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self._top = 64  # keep address 0 unused, so a zero address is visibly wrong
+
+    def alloc(self, size: int, align: int = 16) -> int:
+        addr = align_up(self._top, align)
+        if addr + size > len(self.buf):
+            raise MemoryError(f"guest memory exhausted ({len(self.buf)} bytes)")
+        self._top = addr + size
+        return addr
+
+    def write(self, addr: int, data: bytes) -> None:
+        self.view[addr:addr + len(data)] = data
+
+    def read(self, addr: int, n: int) -> bytes:
+        return bytes(self.view[addr:addr + n])
+
+    def u16(self, addr: int) -> int:
+        return U16.unpack_from(self.buf, addr)[0]
+
+    def set_u16(self, addr: int, v: int) -> None:
+        U16.pack_into(self.buf, addr, v & 0xFFFF)
+
+
+@dataclass
+class Chain:
+    """What the device sees after popping one available entry."""
+    head: int
+    readable: List[Tuple[int, int]] = field(default_factory=list)   # (addr, len) the device reads
+    writable: List[Tuple[int, int]] = field(default_factory=list)   # (addr, len) the device writes
+    indirect: bool = False
+    ndesc: int = 0
+
+    @property
+    def write_capacity(self) -> int:
+        return sum(n for _, n in self.writable)
+
+
+def _rw_split(out: Sequence, in_: Sequence):
+    return [(a, n, 0) for a, n in out] + [(a, n, VRING_DESC_F_WRITE) for a, n in in_]
+
+
+class SplitDriver:
+    """The driver (guest) side: add buffers, decide whether to kick, reclaim used buffers."""
+
+    def __init__(self, mem: GuestMemory, base: int, q: int, event_idx: bool = True,
+                 indirect: bool = True, start_index: int = 0):
+        self.mem, self.base, self.L = mem, base, SplitLayout(q)
+        self.q = q
+        self.event_idx = event_idx
+        self.indirect_ok = indirect
+        # free list threaded through desc.next, as in Linux
+        for i in range(q):
+            self._write_desc(i, 0, 0, 0, (i + 1) % q)
+        self.free_head = 0
+        self.num_free = q
+        self.avail_idx = u16(start_index)       # shadow of avail.idx
+        self.last_used_idx = u16(start_index)   # next used entry to reclaim
+        self.kicked_at = u16(start_index)       # avail idx at the previous kick decision
+        self.tokens = {}                        # head -> (token, ndesc, indirect table address)
+        mem.set_u16(base + self.L.avail_flags, 0)
+        mem.set_u16(base + self.L.avail_idx, self.avail_idx)
+        mem.set_u16(base + self.L.used_event, self.last_used_idx)
+        self.kicks = 0
+
+    # --- raw descriptor access -------------------------------------------------------------------
+    def _write_desc(self, i, addr, length, flags, nxt, table=None):
+        DESC.pack_into(self.mem.buf, (table if table is not None else self.base) + 16 * i,
+                       addr, length, flags, nxt)
+
+    def _read_desc(self, i, table=None):
+        return DESC.unpack_from(self.mem.buf, (table if table is not None else self.base) + 16 * i)
+
+    # --- adding buffers --------------------------------------------------------------------------
+    def add(self, out: Sequence[Tuple[int, int]] = (), in_: Sequence[Tuple[int, int]] = (),
+            token=None, indirect: Optional[bool] = None) -> int:
+        """Expose one buffer made of device-readable `out` then device-writable `in_` pieces.
+
+        Returns the head descriptor index. Raises RingFull when not enough descriptors are free.
+        With indirect=True (or None and more than one piece), the pieces go into a separate table
+        in guest memory and the ring spends one descriptor on it.
+        """
+        pieces = _rw_split(out, in_)
+        if not pieces:
+            raise ValueError("a buffer needs at least one piece")
+        use_indirect = self.indirect_ok and (indirect if indirect is not None else False) and len(pieces) > 1
+        need = 1 if use_indirect else len(pieces)
+        if need > self.num_free:
+            raise RingFull(f"{need} descriptor(s) needed, {self.num_free} free of {self.q}")
+        head = self.free_head
+        table_addr = None
+        if use_indirect:
+            table_addr = self.mem.alloc(16 * len(pieces), 16)
+            for j, (a, n, f) in enumerate(pieces):
+                last = j == len(pieces) - 1
+                self._write_desc(j, a, n, f | (0 if last else VRING_DESC_F_NEXT), 0 if last else j + 1,
+                                 table=table_addr)
+            nxt = self._read_desc(head)[3]
+            self._write_desc(head, table_addr, 16 * len(pieces), VRING_DESC_F_INDIRECT, nxt)
+            self.free_head = nxt
+        else:
+            i = head
+            for j, (a, n, f) in enumerate(pieces):
+                nxt = self._read_desc(i)[3]   # the free list's link
+                last = j == len(pieces) - 1
+                self._write_desc(i, a, n, f | (0 if last else VRING_DESC_F_NEXT), nxt)
+                if last:
+                    self.free_head = nxt
+                i = nxt
+        self.num_free -= need
+        self.tokens[head] = (token, need, table_addr)
+        # publish: ring entry first, then (after a write barrier in real code) the index
+        self.mem.set_u16(self.base + self.L.avail_ring(self.avail_idx % self.q), head)
+        self.avail_idx = u16(self.avail_idx + 1)
+        self.mem.set_u16(self.base + self.L.avail_idx, self.avail_idx)
+        return head
+
+    def kick_needed(self) -> bool:
+        """Decide whether to notify the device about everything added since the last decision."""
+        new, old = self.avail_idx, self.kicked_at
+        self.kicked_at = new
+        if self.event_idx:
+            need = vring_need_event(self.mem.u16(self.base + self.L.avail_event), new, old)
+        else:
+            need = new != old and not (self.mem.u16(self.base + self.L.used_flags) & VRING_USED_F_NO_NOTIFY)
+        self.kicks += need
+        return need
+
+    # --- reclaiming ------------------------------------------------------------------------------
+    def has_used(self) -> bool:
+        return self.last_used_idx != self.mem.u16(self.base + self.L.used_idx)
+
+    def get_used(self):
+        """(token, written length) of the next used buffer, or None. Frees its descriptors."""
+        used_idx = self.mem.u16(self.base + self.L.used_idx)
+        if self.last_used_idx == used_idx:
+            return None
+        if u16(used_idx - self.last_used_idx) > self.q:
+            raise RingError(f"device moved used.idx {u16(used_idx - self.last_used_idx)} entries ahead of Q={self.q}")
+        head, length = USED_ELEM.unpack_from(self.mem.buf, self.base + self.L.used_ring(self.last_used_idx % self.q))
+        if head not in self.tokens:
+            raise RingError(f"device returned id {head}, which is not in flight")
+        token, ndesc, _table = self.tokens.pop(head)
+        # walk to the chain's tail and splice the chain onto the free list
+        i = head
+        for _ in range(ndesc - 1):
+            i = self._read_desc(i)[3]
+        a, n, f, _ = self._read_desc(i)
+        self._write_desc(i, a, n, f, self.free_head)
+        self.free_head = head
+        self.num_free += ndesc
+        self.last_used_idx = u16(self.last_used_idx + 1)
+        if self.event_idx:   # "interrupt me when the next one is used" (virtqueue_enable_cb)
+            self.mem.set_u16(self.base + self.L.used_event, self.last_used_idx)
+        return token, length
+
+    def set_used_event(self, idx: int) -> None:
+        """Ask for the next interrupt only once used.idx passes `idx` (virtqueue_enable_cb_delayed)."""
+        self.mem.set_u16(self.base + self.L.used_event, idx)
+
+
+class SplitDevice:
+    """The device side: pop available chains, read/write their buffers, push used entries."""
+
+    def __init__(self, mem: GuestMemory, base: int, q: int, event_idx: bool = True, start_index: int = 0):
+        self.mem, self.base, self.L, self.q = mem, base, SplitLayout(q), q
+        self.event_idx = event_idx
+        self.last_avail_idx = u16(start_index)
+        self.used_idx = u16(start_index)
+        self.signalled_at = u16(start_index)
+        mem.set_u16(base + self.L.used_flags, 0)
+        mem.set_u16(base + self.L.used_idx, self.used_idx)
+        mem.set_u16(base + self.L.avail_event, self.last_avail_idx)
+        self.interrupts = 0
+
+    def avail_count(self) -> int:
+        n = u16(self.mem.u16(self.base + self.L.avail_idx) - self.last_avail_idx)
+        if n > self.q:
+            raise RingError(f"driver moved avail.idx {n} entries ahead of Q={self.q}")
+        return n
+
+    def pop(self) -> Optional[Chain]:
+        """Take the next available chain, or None when the ring is empty."""
+        if self.avail_count() == 0:
+            return None
+        buf, L, base = self.mem.buf, self.L, self.base
+        head = U16.unpack_from(buf, base + L.avail_ring(self.last_avail_idx % self.q))[0]
+        if head >= self.q:
+            raise RingError(f"avail ring names descriptor {head} >= Q={self.q}")
+        chain = Chain(head=head)
+        table, limit, i = base, self.q, head
+        a, n, f, nxt = DESC.unpack_from(buf, base + 16 * i)
+        if f & VRING_DESC_F_INDIRECT:
+            if n % 16 or n == 0:
+                raise RingError(f"indirect table length {n} is not a positive multiple of 16")
+            table, limit, i = a, n // 16, 0
+            chain.indirect = True
+            a, n, f, nxt = DESC.unpack_from(buf, table + 0)
+        count = 0
+        while True:
+            count += 1
+            if count > limit:
+                raise RingError("descriptor chain loops or is longer than its table")
+            (chain.writable if f & VRING_DESC_F_WRITE else chain.readable).append((a, n))
+            if not f & VRING_DESC_F_NEXT:
+                break
+            i = nxt
+            if i >= limit:
+                raise RingError(f"next={i} outside a table of {limit}")
+            a, n, f, nxt = DESC.unpack_from(buf, table + 16 * i)
+        chain.ndesc = count
+        self.last_avail_idx = u16(self.last_avail_idx + 1)
+        if self.event_idx:   # "kick me when you add past this one"
+            self.mem.set_u16(base + L.avail_event, self.last_avail_idx)
+        return chain
+
+    def read_out(self, chain: Chain) -> bytes:
+        return b"".join(self.mem.read(a, n) for a, n in chain.readable)
+
+    def write_in(self, chain: Chain, data: bytes) -> int:
+        """Scatter `data` over the chain's writable pieces; returns bytes written (truncates)."""
+        off = 0
+        for a, n in chain.writable:
+            if off >= len(data):
+                break
+            k = min(n, len(data) - off)
+            self.mem.view[a:a + k] = data[off:off + k]
+            off += k
+        return off
+
+    def push(self, head: int, written: int) -> None:
+        """Return a chain to the driver: used.ring[used_idx % Q] = {head, written}, then bump used.idx."""
+        USED_ELEM.pack_into(self.mem.buf, self.base + self.L.used_ring(self.used_idx % self.q), head, written)
+        self.used_idx = u16(self.used_idx + 1)
+        self.mem.set_u16(self.base + self.L.used_idx, self.used_idx)
+
+    def interrupt_needed(self) -> bool:
+        """Decide whether to interrupt the driver for everything pushed since the last decision."""
+        new, old = self.used_idx, self.signalled_at
+        self.signalled_at = new
+        if self.event_idx:
+            need = vring_need_event(self.mem.u16(self.base + self.L.used_event), new, old)
+        else:
+            need = new != old and not (self.mem.u16(self.base + self.L.avail_flags) & VRING_AVAIL_F_NO_INTERRUPT)
+        self.interrupts += need
+        return need
+
+
+def make_queue(q: int = 256, mem_size: int = 1 << 22, event_idx: bool = True, start_index: int = 0,
+               mem: Optional[GuestMemory] = None):
+    """A GuestMemory with one split virtqueue in it, and the driver and device that share it."""
+    mem = mem or GuestMemory(mem_size)
+    L = SplitLayout(q)
+    base = mem.alloc(L.size, 4096)
+    drv = SplitDriver(mem, base, q, event_idx=event_idx, start_index=start_index)
+    dev = SplitDevice(mem, base, q, event_idx=event_idx, start_index=start_index)
+    return mem, drv, dev
+
+
+def hexdump(data: bytes, base: int = 0, width: int = 16) -> str:
+    lines = []
+    for i in range(0, len(data), width):
+        chunk = data[i:i + width]
+        lines.append(f"{base + i:06x}  " + " ".join(f"{b:02x}" for b in chunk))
+    return "\n".join(lines)

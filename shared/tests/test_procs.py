@@ -1,0 +1,77 @@
+import os
+import sys
+import time
+
+import pytest
+
+from labkit import procs
+
+# A server that also starts a grandchild: stopping must take the whole group, leaving no orphan.
+SERVER = r'''
+import http.server, subprocess, sys
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), http.server.SimpleHTTPRequestHandler).serve_forever()
+'''
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def group_members(pgid):
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def test_server_runs_in_own_group_and_leaves_no_orphans(tmp_path):
+    port = procs.free_port()
+    with procs.ManagedProcess([sys.executable, "-c", SERVER, str(port)],
+                              ready=procs.http_ready(f"http://127.0.0.1:{port}/"), name="demo",
+                              start_timeout=30) as server:
+        pgid = server.pid
+        assert os.getpgid(server.pid) == server.pid != os.getpgid(0)
+        deadline = time.time() + 10
+        while len(group_members(pgid)) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        assert len(group_members(pgid)) >= 2  # server + grandchild
+    assert group_members(pgid) == []
+    assert not alive(pgid)
+
+
+def test_stop_happens_even_when_the_body_raises():
+    port = procs.free_port()
+    with pytest.raises(KeyError):
+        with procs.ManagedProcess([sys.executable, "-c", SERVER, str(port)],
+                                  ready=procs.port_ready(port), start_timeout=30) as server:
+            pgid = server.pid
+            raise KeyError("boom")
+    assert group_members(pgid) == []
+
+
+def test_a_server_that_dies_at_start_reports_its_log():
+    with pytest.raises(procs.ServerError, match=r"(?s)exited with code 3.*bad config"):
+        procs.ManagedProcess([sys.executable, "-c", "print('bad config'); raise SystemExit(3)"],
+                             ready=lambda: False, name="broken", start_timeout=20).start()
+
+
+def test_a_server_never_ready_times_out_and_is_stopped():
+    p = procs.ManagedProcess([sys.executable, "-c", "import time; time.sleep(60)"],
+                             ready=lambda: False, name="slow", start_timeout=1)
+    with pytest.raises(procs.ServerError, match="not ready after"):
+        p.start()
+    assert not p.alive()

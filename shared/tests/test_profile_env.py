@@ -1,0 +1,62 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import labkit
+from labkit.profile import ParameterError, check_choice
+
+
+def test_valid_params_pick_per_profile():
+    p = labkit.check_params("smoke", "cpu", 3)
+    assert p.smoke and p.pick(smoke=1, full=100) == 1
+    assert labkit.check_params("full").pick(smoke=1, full=100) == 100
+    assert labkit.by_profile("full", epochs={"smoke": 2, "full": 50}) == {"epochs": 50}
+
+
+@pytest.mark.parametrize("kwargs, allowed", [
+    ({"profile": "fast"}, "'smoke', 'full'"),
+    ({"profile": "smoke", "device": "gpu"}, "'auto', 'cpu', 'cuda'"),
+])
+def test_bad_values_name_the_allowed_ones(kwargs, allowed):
+    with pytest.raises(ParameterError, match=allowed):
+        labkit.check_params(**kwargs)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", True])
+def test_bad_seed(seed):
+    with pytest.raises(ParameterError, match="seed"):
+        labkit.check_params("smoke", "auto", seed)
+
+
+def test_check_choice_for_topic_parameters():
+    assert check_choice("dataset", "fortunes", ("fortunes", "civil_comments")) == "fortunes"
+    with pytest.raises(ParameterError, match="'fortunes', 'civil_comments'"):
+        check_choice("dataset", "imdb", ("fortunes", "civil_comments"))
+
+
+def test_device_selection_falls_back_to_cpu_and_refuses_missing_cuda():
+    assert labkit.select_device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        assert labkit.select_device("auto") == "cpu"
+        with pytest.raises(RuntimeError, match="no GPU"):
+            labkit.select_device("cuda")
+
+
+def test_seeding_makes_runs_repeat():
+    def draw():
+        return random.random(), np.random.rand(), torch.rand(1).item()
+    labkit.seed_everything(7)
+    a = draw()
+    labkit.seed_everything(7)
+    assert draw() == a
+    labkit.seed_everything(8)
+    assert draw() != a
+
+
+def test_environment_report_has_the_contract_fields(capsys):
+    info = labkit.environment_report()
+    assert {"cpu", "gpu", "gpu_count", "versions"} <= set(info)
+    assert info["versions"]["numpy"] == np.__version__
+    assert "GPU:" in capsys.readouterr().out
