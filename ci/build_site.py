@@ -71,6 +71,7 @@ PAGE_TEMPLATE = """{%- extends 'index.html.j2' -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
 {%- block extra_css -%}
+<link rel="icon" href="data:,">
 <style type="text/css">{{ resources.lk_css }}</style>
 {%- endblock extra_css -%}
 {%- block body_header -%}
@@ -270,6 +271,7 @@ def index_page(entries: list, profile: str | None, source_label: str, summary_fo
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1.0">
 <title>{esc(SITE_TITLE)}</title>
+<link rel="icon" href="data:,">
 <style type="text/css">
 body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px; color: #222; }}
 h1 {{ margin-top: 0; }}

@@ -59,3 +59,10 @@ def test_every_threshold_names_min_or_max():
     for folder, meta in metadata().items():
         for name, bound in (meta.get("thresholds") or {}).items():
             assert set(bound) <= {"min", "max"} and bound, f"{folder}.{name}"
+
+
+def test_readme_tables_match_metadata():
+    import readme_tables
+    text = readme_tables.README.read_text()
+    assert readme_tables.render(text, metadata()) == text, "run: python ci/readme_tables.py"
+    assert "make run" in text and "make test" in text

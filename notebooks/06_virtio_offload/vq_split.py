@@ -181,6 +181,14 @@ def _rw_split(out: Sequence, in_: Sequence):
     return [(a, n, 0) for a, n in out] + [(a, n, VRING_DESC_F_WRITE) for a, n in in_]
 
 
+def _absolute_offsets(obj, base: int, L: SplitLayout) -> None:
+    """Cache the absolute address of every ring field (the layout arithmetic is done once)."""
+    obj.a_avail_flags, obj.a_avail_idx = base + L.avail_flags, base + L.avail_idx
+    obj.a_avail_ring, obj.a_used_event = base + L.avail_ring(0), base + L.used_event
+    obj.a_used_flags, obj.a_used_idx = base + L.used_flags, base + L.used_idx
+    obj.a_used_ring, obj.a_avail_event = base + L.used_ring(0), base + L.avail_event
+
+
 class SplitDriver:
     """The driver (guest) side: add buffers, decide whether to kick, reclaim used buffers."""
 
@@ -188,6 +196,7 @@ class SplitDriver:
                  indirect: bool = True, start_index: int = 0):
         self.mem, self.base, self.L = mem, base, SplitLayout(q)
         self.q = q
+        _absolute_offsets(self, base, self.L)
         self.event_idx = event_idx
         self.indirect_ok = indirect
         # free list threaded through desc.next, as in Linux
@@ -199,9 +208,9 @@ class SplitDriver:
         self.last_used_idx = u16(start_index)   # next used entry to reclaim
         self.kicked_at = u16(start_index)       # avail idx at the previous kick decision
         self.tokens = {}                        # head -> (token, ndesc, indirect table address)
-        mem.set_u16(base + self.L.avail_flags, 0)
-        mem.set_u16(base + self.L.avail_idx, self.avail_idx)
-        mem.set_u16(base + self.L.used_event, self.last_used_idx)
+        mem.set_u16(self.a_avail_flags, 0)
+        mem.set_u16(self.a_avail_idx, self.avail_idx)
+        mem.set_u16(self.a_used_event, self.last_used_idx)
         self.kicks = 0
 
     # --- raw descriptor access -------------------------------------------------------------------
@@ -251,9 +260,9 @@ class SplitDriver:
         self.num_free -= need
         self.tokens[head] = (token, need, table_addr)
         # publish: ring entry first, then (after a write barrier in real code) the index
-        self.mem.set_u16(self.base + self.L.avail_ring(self.avail_idx % self.q), head)
+        self.mem.set_u16(self.a_avail_ring + 2 * (self.avail_idx % self.q), head)
         self.avail_idx = u16(self.avail_idx + 1)
-        self.mem.set_u16(self.base + self.L.avail_idx, self.avail_idx)
+        self.mem.set_u16(self.a_avail_idx, self.avail_idx)
         return head
 
     def kick_needed(self) -> bool:
@@ -261,24 +270,24 @@ class SplitDriver:
         new, old = self.avail_idx, self.kicked_at
         self.kicked_at = new
         if self.event_idx:
-            need = vring_need_event(self.mem.u16(self.base + self.L.avail_event), new, old)
+            need = vring_need_event(self.mem.u16(self.a_avail_event), new, old)
         else:
-            need = new != old and not (self.mem.u16(self.base + self.L.used_flags) & VRING_USED_F_NO_NOTIFY)
+            need = new != old and not (self.mem.u16(self.a_used_flags) & VRING_USED_F_NO_NOTIFY)
         self.kicks += need
         return need
 
     # --- reclaiming ------------------------------------------------------------------------------
     def has_used(self) -> bool:
-        return self.last_used_idx != self.mem.u16(self.base + self.L.used_idx)
+        return self.last_used_idx != self.mem.u16(self.a_used_idx)
 
     def get_used(self):
         """(token, written length) of the next used buffer, or None. Frees its descriptors."""
-        used_idx = self.mem.u16(self.base + self.L.used_idx)
+        used_idx = self.mem.u16(self.a_used_idx)
         if self.last_used_idx == used_idx:
             return None
         if u16(used_idx - self.last_used_idx) > self.q:
             raise RingError(f"device moved used.idx {u16(used_idx - self.last_used_idx)} entries ahead of Q={self.q}")
-        head, length = USED_ELEM.unpack_from(self.mem.buf, self.base + self.L.used_ring(self.last_used_idx % self.q))
+        head, length = USED_ELEM.unpack_from(self.mem.buf, self.a_used_ring + 8 * (self.last_used_idx % self.q))
         if head not in self.tokens:
             raise RingError(f"device returned id {head}, which is not in flight")
         token, ndesc, _table = self.tokens.pop(head)
@@ -292,12 +301,12 @@ class SplitDriver:
         self.num_free += ndesc
         self.last_used_idx = u16(self.last_used_idx + 1)
         if self.event_idx:   # "interrupt me when the next one is used" (virtqueue_enable_cb)
-            self.mem.set_u16(self.base + self.L.used_event, self.last_used_idx)
+            self.mem.set_u16(self.a_used_event, self.last_used_idx)
         return token, length
 
     def set_used_event(self, idx: int) -> None:
         """Ask for the next interrupt only once used.idx passes `idx` (virtqueue_enable_cb_delayed)."""
-        self.mem.set_u16(self.base + self.L.used_event, idx)
+        self.mem.set_u16(self.a_used_event, idx)
 
 
 class SplitDevice:
@@ -305,17 +314,18 @@ class SplitDevice:
 
     def __init__(self, mem: GuestMemory, base: int, q: int, event_idx: bool = True, start_index: int = 0):
         self.mem, self.base, self.L, self.q = mem, base, SplitLayout(q), q
+        _absolute_offsets(self, base, self.L)
         self.event_idx = event_idx
         self.last_avail_idx = u16(start_index)
         self.used_idx = u16(start_index)
         self.signalled_at = u16(start_index)
-        mem.set_u16(base + self.L.used_flags, 0)
-        mem.set_u16(base + self.L.used_idx, self.used_idx)
-        mem.set_u16(base + self.L.avail_event, self.last_avail_idx)
+        mem.set_u16(self.a_used_flags, 0)
+        mem.set_u16(self.a_used_idx, self.used_idx)
+        mem.set_u16(self.a_avail_event, self.last_avail_idx)
         self.interrupts = 0
 
     def avail_count(self) -> int:
-        n = u16(self.mem.u16(self.base + self.L.avail_idx) - self.last_avail_idx)
+        n = u16(self.mem.u16(self.a_avail_idx) - self.last_avail_idx)
         if n > self.q:
             raise RingError(f"driver moved avail.idx {n} entries ahead of Q={self.q}")
         return n
@@ -325,7 +335,7 @@ class SplitDevice:
         if self.avail_count() == 0:
             return None
         buf, L, base = self.mem.buf, self.L, self.base
-        head = U16.unpack_from(buf, base + L.avail_ring(self.last_avail_idx % self.q))[0]
+        head = U16.unpack_from(buf, self.a_avail_ring + 2 * (self.last_avail_idx % self.q))[0]
         if head >= self.q:
             raise RingError(f"avail ring names descriptor {head} >= Q={self.q}")
         chain = Chain(head=head)
@@ -352,7 +362,7 @@ class SplitDevice:
         chain.ndesc = count
         self.last_avail_idx = u16(self.last_avail_idx + 1)
         if self.event_idx:   # "kick me when you add past this one"
-            self.mem.set_u16(base + L.avail_event, self.last_avail_idx)
+            self.mem.set_u16(self.a_avail_event, self.last_avail_idx)
         return chain
 
     def read_out(self, chain: Chain) -> bytes:
@@ -371,18 +381,18 @@ class SplitDevice:
 
     def push(self, head: int, written: int) -> None:
         """Return a chain to the driver: used.ring[used_idx % Q] = {head, written}, then bump used.idx."""
-        USED_ELEM.pack_into(self.mem.buf, self.base + self.L.used_ring(self.used_idx % self.q), head, written)
+        USED_ELEM.pack_into(self.mem.buf, self.a_used_ring + 8 * (self.used_idx % self.q), head, written)
         self.used_idx = u16(self.used_idx + 1)
-        self.mem.set_u16(self.base + self.L.used_idx, self.used_idx)
+        self.mem.set_u16(self.a_used_idx, self.used_idx)
 
     def interrupt_needed(self) -> bool:
         """Decide whether to interrupt the driver for everything pushed since the last decision."""
         new, old = self.used_idx, self.signalled_at
         self.signalled_at = new
         if self.event_idx:
-            need = vring_need_event(self.mem.u16(self.base + self.L.used_event), new, old)
+            need = vring_need_event(self.mem.u16(self.a_used_event), new, old)
         else:
-            need = new != old and not (self.mem.u16(self.base + self.L.avail_flags) & VRING_AVAIL_F_NO_INTERRUPT)
+            need = new != old and not (self.mem.u16(self.a_avail_flags) & VRING_AVAIL_F_NO_INTERRUPT)
         self.interrupts += need
         return need
 
