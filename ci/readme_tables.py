@@ -16,7 +16,7 @@ README = ROOT / "README.md"
 
 
 def topic_table(meta: dict) -> str:
-    rows = ["| notebook | topic | what you learn | CPU smoke | GPU full | hardware |", "|---|---|---|---|---|---|"]
+    rows = ["| notebook | topic | what you learn | CPU smoke | full profile | hardware |", "|---|---|---|---|---|---|"]
     for folder, m in meta.items():
         link = f"[{folder}](notebooks/{folder}/{folder}.ipynb)"
         rows.append(f"| {link} | {m['topic']} | {m['learn']} | ~{m['cpu_smoke_minutes']} min | "

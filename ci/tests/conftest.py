@@ -20,13 +20,6 @@ for p in (ROOT / "ci", ROOT / "ci" / "tests"):
 import build_site  # noqa: E402
 import site_check  # noqa: E402
 
-SCREENSHOTS = ROOT / "build" / "screenshots"
-
-
-def committed_notebooks() -> list:
-    """notebooks/<folder>/<folder>.ipynb that exist now, in order."""
-    return sorted(p for p in (ROOT / "notebooks").glob("*/*.ipynb") if p.stem == p.parent.name)
-
 
 def _resolve(env: str, default: str) -> Path:
     p = Path(os.environ.get(env) or default)

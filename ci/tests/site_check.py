@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "ci"))
+SCREENSHOTS = ROOT / "build" / "screenshots"
+if str(ROOT / "ci") not in sys.path:
+    sys.path.insert(0, str(ROOT / "ci"))
 from install_browser import CHROMIUM, launch_args  # noqa: E402
 
 # Generous: the CI machine has 2 cores shared with other jobs.
@@ -49,6 +51,11 @@ IMAGES_JS = """
   width: img.naturalWidth,
 }))
 """
+
+
+def committed_notebooks() -> list:
+    """notebooks/<folder>/<folder>.ipynb that exist now, in order."""
+    return sorted(p for p in (ROOT / "notebooks").glob("*/*.ipynb") if p.stem == p.parent.name)
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -14,7 +14,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 import build_site
 import site_check
-from conftest import SCREENSHOTS, committed_notebooks
+from site_check import SCREENSHOTS, committed_notebooks
 
 FOLDERS = [p.parent.name for p in committed_notebooks()]
 PAGES = ["index"] + FOLDERS

@@ -184,14 +184,13 @@ def train_tiny_gptj(out: Path, steps: int = 250, batch: int = 32, seq: int = 40,
                     progress=None) -> dict:
     """Train the tiny GPT-J on the corpus and save it (HF format) into `out`; return a summary.
 
-    Speed trick, stated: the loss uses only the vocabulary rows the corpus uses (the softmax over the
-    other ~50k tokens would only push them down). Those never-seen tokens get a low lm_head bias, which is
-    what full-softmax training would drive them towards, so greedy and sampled outputs stay in-vocabulary.
+    Speed trick, stated: we train a compact copy whose vocabulary is only the ~100 GPT-2 tokens the corpus
+    uses, then scatter its embedding and lm_head rows into the full 50,400-row model (the softmax over the
+    other ~50k tokens would only push them down). Those never-seen tokens keep their random embeddings and get
+    a low lm_head bias, which is what full-softmax training drives them towards.
     """
     from transformers import GPTJConfig, GPTJForCausalLM
     tok = gpt2_tokenizer()
-    torch.manual_seed(seed)
-    model = GPTJForCausalLM(GPTJConfig(**GPTJ_TINY))
     text = gptj_corpus(4000, seed)
     stream = []
     for line in text:
@@ -200,30 +199,41 @@ def train_tiny_gptj(out: Path, steps: int = 250, batch: int = 32, seq: int = 40,
     used = torch.unique(data)
     remap = torch.full((GPTJ_TINY["vocab_size"],), -1, dtype=torch.long)
     remap[used] = torch.arange(len(used))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    data = remap[data]
+    # train a compact model over the used rows only, then scatter its rows into the full vocabulary
+    torch.manual_seed(seed)
+    small = GPTJForCausalLM(GPTJConfig(**dict(GPTJ_TINY, vocab_size=len(used))))
+    opt = torch.optim.AdamW(small.parameters(), lr=3e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     g = torch.Generator().manual_seed(seed)
     losses = []
     it = range(steps) if progress is None else progress(range(steps), desc="train tiny GPT-J")
     t0 = time.perf_counter()
-    model.train()
+    small.train()
     for _ in it:
         starts = torch.randint(0, len(data) - seq - 1, (batch,), generator=g)
         x = torch.stack([data[s:s + seq] for s in starts])
         y = torch.stack([data[s + 1:s + seq + 1] for s in starts])
-        h = model.transformer(input_ids=x).last_hidden_state
-        logits = h @ model.lm_head.weight[used].T + model.lm_head.bias[used]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, len(used)), remap[y].reshape(-1))
+        loss = small(input_ids=x, labels=None).logits.reshape(-1, len(used))
+        loss = torch.nn.functional.cross_entropy(loss, y.reshape(-1))
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
         losses.append(loss.item())
-    model.eval()
+    torch.manual_seed(seed + 1)
+    model = GPTJForCausalLM(GPTJConfig(**GPTJ_TINY)).eval()
     with torch.no_grad():
-        unused = torch.ones(GPTJ_TINY["vocab_size"], dtype=torch.bool)
-        unused[used] = False
-        model.lm_head.bias[unused] = model.lm_head.bias[used].min() - 10.0
+        sd = small.state_dict()
+        full = model.state_dict()
+        for k, v in sd.items():
+            if k in ("transformer.wte.weight", "lm_head.weight", "lm_head.bias"):
+                continue
+            full[k].copy_(v)
+        full["transformer.wte.weight"][used] = sd["transformer.wte.weight"]
+        full["lm_head.weight"][used] = sd["lm_head.weight"]
+        full["lm_head.bias"][:] = sd["lm_head.bias"].min() - 10.0
+        full["lm_head.bias"][used] = sd["lm_head.bias"]
     model.save_pretrained(out)
     summary = {"steps": steps, "final_loss": sum(losses[-20:]) / 20, "losses": losses,
                "train_seconds": time.perf_counter() - t0, "vocab_rows_trained": int(len(used))}
@@ -348,7 +358,7 @@ def tiny_checkpoint(kind: str, steps: Optional[int] = None, progress=None) -> Pa
     """The cached tiny checkpoint folder for kind 'gptj' or 't5' (trained on first use)."""
     if kind == "gptj":
         steps = steps or 250
-        key = _key(["gptj", GPTJ_TINY, steps, "v1"])
+        key = _key(["gptj", GPTJ_TINY, steps, "v2"])
         return _atomic_dir(cache_dir() / f"gptj_tiny-{key}", lambda d: train_tiny_gptj(d, steps=steps, progress=progress))
     if kind == "t5":
         steps = steps or 300

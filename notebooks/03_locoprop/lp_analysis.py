@@ -28,8 +28,11 @@ def aug_weights(model, layer: int) -> np.ndarray:
     return np.concatenate([model.weights[layer].numpy(), model.biases[layer].numpy()[None, :]], axis=0)
 
 
-def kfac_direction(model, x, layers: Sequence[int], damping: float, fisher: str = "true", rng=None):
-    """{layer: (gradient, K-FAC direction)} for W_aug of each layer, from this batch's statistics."""
+def kfac_direction(model, x, layers: Sequence[int], damping: float, fisher: str = "true", rng=None,
+                   relative: bool = True):
+    """{layer: (gradient, K-FAC direction)} for W_aug of each layer, from this batch's statistics.
+
+    lambda = damping * mean(eig A) * mean(eig G) when `relative` (as the K-FAC baseline), else damping."""
     if fisher == "true" and rng is None:
         rng = tf.random.Generator.from_seed(0)
     _, Y, dl_da, s = layer_grads(model, x, fisher, rng)
@@ -39,7 +42,8 @@ def kfac_direction(model, x, layers: Sequence[int], damping: float, fisher: str 
         grad = tf.matmul(Y[i], dl_da[i], transpose_a=True)
         eA, UA = symmetric_eig(tf.matmul(Y[i], Y[i], transpose_a=True) / batch)
         eG, UG = symmetric_eig(tf.matmul(s[i], s[i], transpose_a=True) / batch)
-        d = kfac_precondition(tf.cast(grad, tf.float64), UA, eA, UG, eG, damping)
+        lam = damping * tf.reduce_mean(eA) * tf.reduce_mean(eG) if relative else tf.constant(damping, tf.float64)
+        d = kfac_precondition(tf.cast(grad, tf.float64), UA, eA, UG, eG, lam)
         out[i] = (grad.numpy(), d.numpy())
     return out
 
@@ -52,6 +56,7 @@ class CosineProbe:
     damping: float
     every: int = 1
     fisher: str = "true"
+    relative: bool = True
     seed: int = 0
     steps: List[int] = field(default_factory=list)
     cos_update: dict = field(default_factory=dict)      # layer -> [cos(update, K-FAC direction)]
@@ -65,7 +70,7 @@ class CosineProbe:
             return self.opt.step(x, lr)
         model = self.opt.model
         before = {i: aug_weights(model, i) for i in self.layers}
-        dirs = kfac_direction(model, x, self.layers, self.damping, self.fisher, self.rng)
+        dirs = kfac_direction(model, x, self.layers, self.damping, self.fisher, self.rng, self.relative)
         loss = self.opt.step(x, lr)
         self.steps.append(step)
         for i in self.layers:

@@ -11,7 +11,10 @@ K-FAC (Martens & Grosse 2015), with exact damping of the Kronecker product:
     A = E[y_aug y_aug^T],  G = E[s s^T],  s = per-example dL/da (sampled from the model: 'true' Fisher,
     or with the data's own pixels: 'empirical'); exponential moving averages;
     every k steps: eigendecompositions A = U_A diag(a) U_A^T, G = U_G diag(g) U_G^T;
-    direction D = (A kron G + lambda I)^-1 vec(Gr) = U_A [(U_A^T Gr U_G) / (a g^T + lambda)] U_G^T.
+    direction D = (A kron G + lambda I)^-1 vec(Gr) = U_A [(U_A^T Gr U_G) / (a g^T + lambda)] U_G^T,
+    lambda = damping * mean(a) * mean(g) per layer ('relative', the default: the factors' scales differ by
+    orders of magnitude between layers) or lambda = damping ('absolute');
+    optional KL clipping (Ba et al. 2017): all directions scaled by min(1, sqrt(kl_clip / (lr^2 sum <D, Gr>))).
 Eigendecompositions run in float64 (stable inverse roots); everything else in float32.
 """
 from __future__ import annotations
@@ -158,7 +161,10 @@ class KFAC(_Preconditioned):
     """K-FAC for dense layers: Kronecker factors A, G; exact (A kron G + lambda I)^-1 via eigenbases."""
 
     def __init__(self, model: Autoencoder, damping: float = 1e-3, stat_decay: float = 0.95, refresh_every: int = 20,
-                 momentum: float = 0.9, fisher: str = "true", seed: int = 0):
+                 momentum: float = 0.9, fisher: str = "true", damping_mode: str = "relative", kl_clip=1e-2, seed: int = 0):
+        if damping_mode not in ("relative", "absolute"):
+            raise ValueError(f"damping_mode={damping_mode!r}; use 'relative' or 'absolute'")
+        self.damping_mode, self.kl_clip = damping_mode, kl_clip
         if fisher not in ("true", "empirical"):
             raise ValueError(f"fisher={fisher!r}; use 'true' (sampled) or 'empirical'")
         self.model, self.name = model, "K-FAC"
@@ -191,6 +197,12 @@ class KFAC(_Preconditioned):
             self.eG[i].assign(tf.cast(eG, tf.float32))
             self.UG[i].assign(tf.cast(UG, tf.float32))
 
+    def layer_damping(self, i):
+        """lambda of layer i (from the factors' eigenvalues at the last refresh)."""
+        if self.damping_mode == "absolute":
+            return tf.constant(self.damping, tf.float32)
+        return self.damping * tf.reduce_mean(self.eA[i]) * tf.reduce_mean(self.eG[i])
+
     def _step(self, x, lr):
         loss, Y, dl_da, s = layer_grads(self.model, x, self.fisher, self.rng)
         decay = tf.where(tf.equal(self.count, 0), 0.0, self.stat_decay)
@@ -201,9 +213,14 @@ class KFAC(_Preconditioned):
         if self.count % self.k == 0:
             self._refresh()
         lr = tf.cast(lr, tf.float32)
-        for i in range(len(Y)):
-            Gr = tf.matmul(Y[i], dl_da[i], transpose_a=True)
-            D = kfac_precondition(Gr, self.UA[i], self.eA[i], self.UG[i], self.eG[i], self.damping)
+        grads = [tf.matmul(y, g, transpose_a=True) for y, g in zip(Y, dl_da)]
+        dirs = [kfac_precondition(Gr, self.UA[i], self.eA[i], self.UG[i], self.eG[i], self.layer_damping(i))
+                for i, Gr in enumerate(grads)]
+        if self.kl_clip:
+            vfv = tf.square(lr) * tf.add_n([tf.reduce_sum(d * g) for d, g in zip(dirs, grads)])
+            nu = tf.minimum(1.0, tf.sqrt(self.kl_clip / (vfv + 1e-30)))
+            dirs = [nu * d for d in dirs]
+        for i, D in enumerate(dirs):
             self._apply(i, D, lr)
         self.count.assign_add(1)
         return loss

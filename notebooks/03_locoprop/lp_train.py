@@ -181,3 +181,27 @@ def table(best: Dict[str, Run], runs: Dict[str, List[Run]]):
                      "lr grid (final loss)": ", ".join(
                          f"{x.lr:g}:{'div' if x.diverged else format(x.final_loss, '.1f')}" for x in runs[name])})
     return pd.DataFrame(rows).set_index("optimizer").sort_values("final train loss")
+
+
+def paper_claims(best: Dict[str, Run]) -> Dict[str, float]:
+    """The paper's claim as measured numbers (ratios) and yes/no checks (1.0 / 0.0).
+
+    - beats first order: LocoProp-M's final loss below the best of SGD, Momentum, AdaGrad, RMSProp, Adam;
+    - near second order: within 10% of the better of Shampoo and K-FAC (ratio <= 1.10);
+    - faster: LocoProp-M's seconds per epoch below both Shampoo's and K-FAC's.
+    """
+    loco = best["LocoProp-M"]
+    first = min(best[n].final_loss for n in ("SGD", "Momentum", "AdaGrad", "RMSProp", "Adam") if n in best)
+    second = min(best[n].final_loss for n in ("Shampoo", "K-FAC"))
+    slowest_ok = min(best[n].seconds_per_epoch for n in ("Shampoo", "K-FAC"))
+    ratio_first = loco.final_loss / first
+    ratio_second = loco.final_loss / second
+    ratio_time = loco.seconds_per_epoch / slowest_ok
+    return {
+        "ratio_locoprop_m_to_best_first_order": ratio_first,
+        "ratio_locoprop_m_to_best_second_order": ratio_second,
+        "ratio_epoch_time_locoprop_m_to_faster_second_order": ratio_time,
+        "claim_beats_first_order": float(ratio_first < 1.0),
+        "claim_within_10pct_of_second_order": float(ratio_second <= 1.10),
+        "claim_faster_than_second_order": float(ratio_time < 1.0),
+    }

@@ -59,6 +59,25 @@ def cell_corners(u: torch.Tensor, res: torch.Tensor, offsets: torch.Tensor):
     return corners, w
 
 
+def _expand_corners(per_axis, op):
+    """Combine per-axis pairs [(v_i at offset 0, v_i at offset 1)] of shape (..., ) into (..., 2^d),
+    corner c holding op over axes of v_i[bit i of c] (same corner order as corner_offsets)."""
+    out = torch.stack(per_axis[0], -1)
+    for lo, hi in per_axis[1:]:
+        out = op(out[..., None, :], torch.stack([lo, hi], -1)[..., :, None]).flatten(-2)
+    return out
+
+
+def separable_corners(u: torch.Tensor, res: torch.Tensor):
+    """Per-axis integer cell base (N, L, d) and fraction (N, L, d) for cells at resolutions res (L,),
+    plus the d-linear weights (N, L, 2^d). Cheaper than materialising every corner's coordinates."""
+    pos = u[:, None, :] * res[None, :, None].to(u.dtype)
+    base = torch.minimum(pos.floor(), (res[None, :, None] - 1).to(u.dtype))
+    frac = pos - base
+    w = _expand_corners([(1 - frac[..., i], frac[..., i]) for i in range(u.shape[1])], torch.mul)
+    return base.long(), frac, w
+
+
 class FeatureGrid(nn.Module):
     """Common interface. Subclasses set dim, num_lods, output_dim and implement forward."""
 
@@ -175,7 +194,7 @@ class HashGrid(FeatureGrid):
         self.table = nn.Parameter(torch.empty(offsets[-1], features).uniform_(-init_range, init_range))
 
     def level_index(self, corners: torch.Tensor, levels: slice) -> torch.Tensor:
-        """Row of the table for integer corners (N, L', 2^d, d) of levels `levels`."""
+        """Row of the table for integer corners (N, L', 2^d, d) of levels `levels` (reference form)."""
         direct = (corners * self.strides[levels][None, :, None, :]).sum(-1)
         hashed = spatial_hash(corners, self.table_size)
         idx = torch.where(self.is_hashed[levels][None, :, None], hashed, direct)
@@ -185,9 +204,14 @@ class HashGrid(FeatureGrid):
         self.check_points(points)
         lod = self.check_lod(lod)
         lv = slice(0, lod + 1)
-        corners, w = cell_corners(to_unit(points), self.res[lv], self.corner_offsets)
-        idx = self.level_index(corners, lv)                                  # (N, L', 2^d)
-        feats = self.table[idx.reshape(-1)].view(*idx.shape, self.features)  # (N, L', 2^d, F)
+        base, _, w = separable_corners(to_unit(points), self.res[lv])         # (N, L', d), (N, L', 2^d)
+        strides = self.strides[lv]
+        direct = _expand_corners([(base[..., i] * strides[:, i], (base[..., i] + 1) * strides[:, i])
+                                  for i in range(self.dim)], torch.add)
+        hashed = _expand_corners([(base[..., i] * PRIMES[i], (base[..., i] + 1) * PRIMES[i])
+                                  for i in range(self.dim)], torch.bitwise_xor) & (self.table_size - 1)
+        idx = torch.where(self.is_hashed[lv][None, :, None], hashed, direct) + self.offsets[lv][None, :, None]
+        feats = self.table[idx.reshape(-1)].view(*idx.shape, self.features)   # (N, L', 2^d, F)
         out = (feats * w[..., None]).sum(2).reshape(points.shape[0], -1)
         return F.pad(out, (0, self.output_dim - out.shape[1]))
 
@@ -287,13 +311,13 @@ class OctreeGrid(FeatureGrid):
         out = points.new_zeros(points.shape[0], self.features)
         for i in range(lod + 1):
             side = 2 ** (self.base_level + i)
-            res = torch.tensor([side], device=points.device)
-            corners, w = cell_corners(u, res, self.corner_offsets)            # (N, 1, 2^d, d)
-            corners, w = corners[:, 0], w[:, 0]
-            cell = corners[:, 0]                                               # offset 0 = the cell itself
-            _, occ = _lookup(self.cell_keys(i), _keys(cell, side))
-            pos, _ = _lookup(self.corner_keys(i), _keys(corners, side + 1))    # (N, 2^d)
-            feats = self.features_table[pos + self.level_offsets[i]]           # (N, 2^d, F)
+            base, _, w = separable_corners(u, torch.tensor([side], device=points.device))
+            base, w = base[:, 0], w[:, 0]                                       # (N, d), (N, 2^d)
+            _, occ = _lookup(self.cell_keys(i), _keys(base, side))
+            ck = _expand_corners([(base[:, a] * (side + 1) ** a, (base[:, a] + 1) * (side + 1) ** a)
+                                  for a in range(self.dim)], torch.add)          # corner keys (N, 2^d)
+            pos, _ = _lookup(self.corner_keys(i), ck)
+            feats = self.features_table[pos + self.level_offsets[i]]            # (N, 2^d, F)
             out = out + (feats * (w * occ[:, None].to(w.dtype))[..., None]).sum(1)
         return out
 
@@ -379,9 +403,10 @@ class CodebookGrid(FeatureGrid):
         outs = []
         for i in range(lod + 1):
             r = self.resolutions[i]
-            corners, w = cell_corners(u, torch.tensor([r], device=points.device), self.corner_offsets)
-            idx = _keys(corners[:, 0], r + 1)                             # (N, 2^d)
-            feats = self.corner_features(i, idx)                          # (N, 2^d, F)
+            base, _, w = separable_corners(u, torch.tensor([r], device=points.device))
+            idx = _expand_corners([(base[:, 0, a] * (r + 1) ** a, (base[:, 0, a] + 1) * (r + 1) ** a)
+                                   for a in range(self.dim)], torch.add)          # (N, 2^d)
+            feats = self.corner_features(i, idx)                                 # (N, 2^d, F)
             outs.append((feats * w[:, 0, :, None]).sum(1))
         out = torch.cat(outs, dim=1)
         return F.pad(out, (0, self.output_dim - out.shape[1]))

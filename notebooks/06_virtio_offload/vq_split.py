@@ -228,7 +228,8 @@ class SplitDriver:
 
         Returns the head descriptor index. Raises RingFull when not enough descriptors are free.
         With indirect=True (or None and more than one piece), the pieces go into a separate table
-        in guest memory and the ring spends one descriptor on it.
+        in guest memory and the ring spends one descriptor on it. (The demo allocator never frees
+        indirect tables; fine for the notebook's few, not for millions of indirect buffers.)
         """
         pieces = _rw_split(out, in_)
         if not pieces:

@@ -1,0 +1,91 @@
+"""On-device export: the quantization-aware ByteQRNN -> a full-integer int8 TFLite model, run with
+the LiteRT interpreter (ai_edge_litert).
+
+The QAT graph carries FakeQuant ops whose min/max were tracked during training; the converter turns
+them into int8 tensors and uses a small representative set for any range it still needs.
+`TFLITE_BUILTINS_INT8` only: conversion fails rather than silently keeping float kernels.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from labkit.paths import atomic_write_bytes
+
+
+def to_int8_tflite(model, max_len: int, representative: np.ndarray, path=None) -> bytes:
+    """Convert `model` (ids [1, max_len] int32 -> logits) to a full-integer int8 flatbuffer."""
+    @tf.function(input_signature=[tf.TensorSpec([1, max_len], tf.int32, name="byte_ids")])
+    def serve(ids):
+        return model(ids, training=False)
+
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+
+    def rep():
+        for i in range(len(representative)):
+            yield [representative[i:i + 1].astype(np.int32)]
+    conv.representative_dataset = rep
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_output_type = tf.int8     # the input stays int32 byte ids
+    buf = conv.convert()
+    if path is not None:
+        atomic_write_bytes(path, buf)
+    return buf
+
+
+class TFLiteClassifier:
+    """LiteRT interpreter around an exported classifier: predict(ids [N, L]) -> float logits [N]."""
+
+    def __init__(self, model_content: bytes, num_threads: int = 1):
+        from ai_edge_litert.interpreter import Interpreter
+        self.interp = Interpreter(model_content=model_content, num_threads=num_threads)
+        self.interp.allocate_tensors()
+        self.inp = self.interp.get_input_details()[0]
+        self.out = self.interp.get_output_details()[0]
+        self.size_bytes = len(model_content)
+
+    def _one(self, ids_row):
+        self.interp.set_tensor(self.inp["index"], ids_row)
+        self.interp.invoke()
+        q = self.interp.get_tensor(self.out["index"]).astype(np.float32)
+        scale, zero = self.out["quantization"]
+        return ((q - zero) * scale if scale else q).ravel()[0]
+
+    def predict(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int32)
+        return np.array([self._one(ids[i:i + 1]) for i in range(len(ids))], dtype=np.float32)
+
+    def latency_per_example(self, ids: np.ndarray, repeat: int = 3) -> float:
+        from labkit import time_it
+        ids = np.asarray(ids, dtype=np.int32)
+        rows = [ids[i:i + 1] for i in range(len(ids))]
+
+        def run():
+            for r in rows:
+                self._one(r)
+        return time_it(run, repeat=repeat, warmup=1).median / len(rows)
+
+    def tensor_types(self) -> dict:
+        """How many tensors of each dtype the flatbuffer holds (full-integer: no float32 kernels)."""
+        counts = {}
+        for d in self.interp.get_tensor_details():
+            name = np.dtype(d["dtype"]).name
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def op_names(self) -> list:
+        return sorted({d["op_name"] for d in self.interp._get_ops_details()})
+
+
+def disagreement(keras_logits, tflite_logits, threshold: float = 0.0) -> dict:
+    """How far the int8 model's outputs are from the Keras (fake-quant, float) model's."""
+    a, b = np.asarray(keras_logits, np.float64), np.asarray(tflite_logits, np.float64)
+    pa, pb = 1 / (1 + np.exp(-a)), 1 / (1 + np.exp(-b))
+    return {"max_abs_prob_diff": float(np.max(np.abs(pa - pb))),
+            "mean_abs_prob_diff": float(np.mean(np.abs(pa - pb))),
+            "decision_flip_rate": float(np.mean((a > threshold) != (b > threshold))),
+            "rank_corr": float(np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1])}

@@ -1,0 +1,456 @@
+"""Byte-level seq2seq: ByteQRNN encoder + Transformer decoder with a merged-attention sublayer.
+
+Merged attention (SeqFlowLite's TransformerUniformAttnDecoder; Zhang et al. 2019 "MAtt"): the decoder's
+self-attention is replaced by *uniform* attention over the prefix, i.e. the running mean
+g_t = (1/t) sum_{s<=t} y_s, and it is summed with encoder-decoder attention in ONE sublayer. At decode
+time the self-attention cache is the running sum: a fixed [B, 1, D] tensor per layer, so a step costs
+the same at output length 16 or 256. A standard decoder's key/value cache grows by one row per step
+(`StandardDecoder`, for the timing comparison).
+
+Beam search follows SeqFlowLite's tflite_ops/beam_search.cc: top 2*beam candidates per step, EOS
+candidates go to a finished list scored with the GNMT length penalty ((5+t)/6)^alpha; in the quantized
+variant the decoder's logits are uint8 and per-step log-probabilities come from an exp lookup table
+(`quantized_log_probs`).
+
+Task: restore a byte string from a corrupted copy (deleted, substituted, duplicated, swapped
+characters), from English fortunes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+from bq_layers import (EOS_ID, OFFSET, PAD_ID, UNK_ID, VOCAB_SIZE, ActivationQuant, QDense, QEmbedding,
+                       encode_bytes)
+from bq_models import ByteConfig, ByteEncoder, MultiHeadAttention
+from bq_train import ProgressCallback
+
+START_ID = PAD_ID  # the decoder starts from PAD (T5 style)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: corrupted-text restoration
+# ----------------------------------------------------------------------------------------------
+
+def make_segments(texts, max_bytes: int, min_bytes: int = 12, rng=None) -> list:
+    """Printable-ASCII segments of at most max_bytes, cut at spaces, from the texts."""
+    rng = rng or np.random.default_rng(0)
+    out = []
+    for t in texts:
+        words = "".join(c if 32 <= ord(c) < 127 else " " for c in t).split()
+        cur = ""
+        for w in words:
+            if len(cur) + len(w) + 1 > max_bytes:
+                if len(cur) >= min_bytes:
+                    out.append(cur)
+                cur = w[:max_bytes]
+            else:
+                cur = f"{cur} {w}" if cur else w
+        if len(cur) >= min_bytes:
+            out.append(cur)
+    return out
+
+
+def corrupt_text(s: str, rng: np.random.Generator, p: float = 0.08) -> str:
+    """Per character, with probability p: delete, substitute (random lowercase letter), duplicate,
+    or swap with the next character."""
+    chars, out, i = list(s), [], 0
+    while i < len(chars):
+        c = chars[i]
+        if rng.random() < p:
+            k = rng.integers(4)
+            if k == 0:
+                pass
+            elif k == 1:
+                out.append(chr(int(rng.integers(97, 123))))
+            elif k == 2:
+                out += [c, c]
+            elif i + 1 < len(chars):
+                out += [chars[i + 1], c]
+                i += 1
+            else:
+                out.append(c)
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def make_pairs(segments, src_len: int, tgt_len: int, rng, p: float = 0.08):
+    """(src ids [N, src_len], decoder input [N, tgt_len], target [N, tgt_len]) for teacher forcing."""
+    noisy = [corrupt_text(s, rng, p) for s in segments]
+    src = encode_bytes(noisy, src_len)
+    tgt = encode_bytes(segments, tgt_len)
+    dec_in = np.concatenate([np.full((len(tgt), 1), START_ID, np.int32), tgt[:, :-1]], axis=1)
+    dec_in[dec_in == EOS_ID] = PAD_ID  # nothing is fed after EOS
+    return src, dec_in, tgt, noisy
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoder layers
+# ----------------------------------------------------------------------------------------------
+
+class _CrossAttention(keras.layers.Layer):
+    """Encoder-decoder attention whose memory keys/values can be computed once per input."""
+
+    def __init__(self, dim, heads, quantize, **kw):
+        super().__init__(**kw)
+        self.mha = MultiHeadAttention(dim, heads, quantize)
+
+    def memory_kv(self, mem, training=None):
+        return (self.mha._split(self.mha.k(mem, training=training)),
+                self.mha._split(self.mha.v(mem, training=training)))
+
+    def call(self, y, k, v, mem_mask, training=None):
+        m = self.mha
+        q = m._split(m.q(y, training=training))
+        logits = tf.matmul(q, k, transpose_b=True) / np.sqrt(m.dim // m.heads)
+        logits = logits + (1.0 - mem_mask[:, None, None, :]) * -1e4
+        out = tf.matmul(tf.nn.softmax(logits, axis=-1), v)
+        b, t = tf.shape(out)[0], tf.shape(out)[2]
+        out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, t, m.dim])
+        return m.o(out, training=training)
+
+
+class MergedAttentionLayer(keras.layers.Layer):
+    """One decoder layer: [uniform self-attention + cross-attention] (one merged sublayer) -> FFN."""
+
+    def __init__(self, dim: int, heads: int, ffn_mult: int = 2, dropout: float = 0.1, quantize: bool = True, **kw):
+        super().__init__(**kw)
+        self.dim = dim
+        self.uniform = QDense(dim, use_bias=False, quantize=quantize)
+        self.cross = _CrossAttention(dim, heads, quantize)
+        self.prx = QDense(dim, use_bias=False, quantize=quantize)
+        self.q0 = ActivationQuant(quantize)
+        self.ln1 = keras.layers.LayerNormalization()
+        self.ln2 = keras.layers.LayerNormalization()
+        self.up = QDense(dim * ffn_mult, activation="relu", quantize=quantize)
+        self.down = QDense(dim, quantize=quantize)
+        self.drop = keras.layers.Dropout(dropout)
+
+    def _merge(self, y, avg, k, v, mem_mask, training):
+        h = self.q0(self.uniform(avg, training=training) + self.cross(y, k, v, mem_mask, training=training),
+                    training=training)
+        y = self.ln1(y + self.drop(self.prx(h, training=training), training=training))
+        return self.ln2(y + self.drop(self.down(self.up(y, training=training), training=training),
+                                      training=training))
+
+    def call(self, y, k, v, mem_mask, training=None):
+        """Parallel form for training: the uniform attention is a cumulative mean over positions."""
+        t = tf.cast(tf.range(1, tf.shape(y)[1] + 1), tf.float32)[None, :, None]
+        avg = tf.cumsum(y, axis=1) / t
+        return self._merge(y, avg, k, v, mem_mask, training)
+
+    def step(self, y_t, t, cache_sum, k, v, mem_mask):
+        """One decode step: y_t [B, 1, D], t (1-based float), cache_sum [B, 1, D] (fixed size)."""
+        cache_sum = cache_sum + y_t
+        return self._merge(y_t, cache_sum / t, k, v, mem_mask, False), cache_sum
+
+
+class StandardDecoderLayer(keras.layers.Layer):
+    """A standard Transformer decoder layer (causal self-attention, cross-attention, FFN: three
+    sublayers) with a growing key/value cache; used to time decoding against merged attention."""
+
+    def __init__(self, dim: int, heads: int, ffn_mult: int = 2, quantize: bool = False, **kw):
+        super().__init__(**kw)
+        self.self_att = MultiHeadAttention(dim, heads, quantize)
+        self.cross = _CrossAttention(dim, heads, quantize)
+        self.ln0 = keras.layers.LayerNormalization()
+        self.ln1 = keras.layers.LayerNormalization()
+        self.ln2 = keras.layers.LayerNormalization()
+        self.up = QDense(dim * ffn_mult, activation="relu", quantize=quantize)
+        self.down = QDense(dim, quantize=quantize)
+
+    def step(self, y_t, k_cache, v_cache, k, v, mem_mask):
+        m = self.self_att
+        k_cache = tf.concat([k_cache, m._split(m.k(y_t))], axis=2)   # [B, H, t, dh]: grows each step
+        v_cache = tf.concat([v_cache, m._split(m.v(y_t))], axis=2)
+        q = m._split(m.q(y_t))
+        a = tf.nn.softmax(tf.matmul(q, k_cache, transpose_b=True) / np.sqrt(m.dim // m.heads), axis=-1)
+        sa = tf.matmul(a, v_cache)
+        b = tf.shape(sa)[0]
+        sa = m.o(tf.reshape(tf.transpose(sa, [0, 2, 1, 3]), [b, 1, m.dim]))
+        y = self.ln0(y_t + sa)
+        y = self.ln1(y + self.cross(y, k, v, mem_mask))
+        return self.ln2(y + self.down(self.up(y))), k_cache, v_cache
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Seq2SeqConfig:
+    src_len: int = 64
+    tgt_len: int = 64
+    dim: int = 128
+    dec_layers: int = 2
+    heads: int = 4
+    ffn_mult: int = 2
+    dropout: float = 0.1
+    quantize: bool = True
+    encoder: ByteConfig = field(default_factory=lambda: ByteConfig(
+        max_len=64, embed_dim=64, bottleneck=64, gbst_downsample=2, state=64, layers=2, num_classes=0))
+
+
+class ByteSeq2Seq(keras.Model):
+    def __init__(self, cfg: Seq2SeqConfig, **kw):
+        super().__init__(**kw)
+        self.cfg = cfg
+        self.byte_encoder = ByteEncoder(cfg.encoder.with_(max_len=cfg.src_len, quantize=cfg.quantize),
+                                        name="byte_encoder")
+        self.mem_proj = QDense(cfg.dim, quantize=cfg.quantize, name="mem_proj")
+        self.embed = QEmbedding(VOCAB_SIZE, cfg.dim, quantize=cfg.quantize, name="dec_embedding")
+        self.ln_in = keras.layers.LayerNormalization()
+        self.in_q = ActivationQuant(cfg.quantize)
+        self.dec = [MergedAttentionLayer(cfg.dim, cfg.heads, cfg.ffn_mult, cfg.dropout, cfg.quantize, name=f"matt_{i}")
+                    for i in range(cfg.dec_layers)]
+        self.out = QDense(VOCAB_SIZE, quantize=cfg.quantize, quantize_output=False, name="byte_logits")
+
+    def build(self, input_shape=None):
+        self.pos = self.add_weight(shape=(self.cfg.tgt_len, self.cfg.dim), name="dec_pos",
+                                   initializer=keras.initializers.RandomNormal(stddev=0.02))
+
+    def encode(self, src, training=None):
+        h, mask = self.byte_encoder(src, training=training)
+        mem = self.mem_proj(h, training=training)
+        kv = [layer.cross.memory_kv(mem, training=training) for layer in self.dec]
+        return kv, mask
+
+    def _inputs(self, ids, pos, training):
+        return self.in_q(self.ln_in(self.embed(ids) + pos), training=training)
+
+    def call(self, inputs, training=None):
+        src, dec_in = inputs
+        kv, mask = self.encode(src, training=training)
+        y = self._inputs(dec_in, self.pos[None, : dec_in.shape[1]], training)
+        for layer, (k, v) in zip(self.dec, kv):
+            y = layer(y, k, v, mask, training=training)
+        return self.out(y, training=training)
+
+    def step(self, prev_ids, t, caches, kv, mask):
+        """prev_ids [B] int32, t scalar int32 (1-based) -> logits [B, 259], new caches."""
+        y = self._inputs(prev_ids[:, None], tf.gather(self.pos, t - 1)[None, None], False)
+        tf_t = tf.cast(t, tf.float32)
+        new = []
+        for layer, c, (k, v) in zip(self.dec, caches, kv):
+            y, c = layer.step(y, tf_t, c, k, v, mask)
+            new.append(c)
+        return self.out(y)[:, 0], new
+
+
+def build_seq2seq(cfg: Seq2SeqConfig) -> ByteSeq2Seq:
+    m = ByteSeq2Seq(cfg)
+    m((tf.zeros([1, cfg.src_len], tf.int32), tf.zeros([1, cfg.tgt_len], tf.int32)))
+    return m
+
+
+class MaskedCE(keras.losses.Loss):
+    def call(self, y_true, y_pred):
+        return keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+
+
+def train_seq2seq(model, src, dec_in, tgt, steps: int, batch_size: int = 64, lr: float = 2e-3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    n = len(src)
+    order = np.concatenate([rng.permutation(n) for _ in range(int(np.ceil(steps * batch_size / n)))])
+    order = order[: steps * batch_size]
+    w = (tgt != PAD_ID).astype(np.float32)
+    sched = keras.optimizers.schedules.PolynomialDecay(lr, decay_steps=steps, end_learning_rate=lr * 0.05)
+    model.compile(optimizer=keras.optimizers.Adam(sched, clipnorm=1.0), loss=MaskedCE())
+    cb = ProgressCallback(steps, "seq2seq train")
+    model.fit((src[order], dec_in[order]), tgt[order], sample_weight=w[order], batch_size=batch_size,
+              epochs=1, shuffle=False, verbose=0, callbacks=[cb])
+    return cb.losses
+
+
+# ----------------------------------------------------------------------------------------------
+# Beam search (float vs uint8 scores)
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class UInt8Quant:
+    """Affine uint8 quantization of logits: q = clip(round(x / scale) + zero, 0, 255)."""
+    scale: float
+    zero: int
+
+    @classmethod
+    def calibrate(cls, logits) -> "UInt8Quant":
+        lo, hi = float(np.min(logits)), float(np.max(logits))
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        scale = max(hi - lo, 1e-6) / 255.0
+        return cls(scale, int(np.clip(round(-lo / scale), 0, 255)))
+
+    def quantize(self, x) -> np.ndarray:
+        return np.clip(np.round(np.asarray(x) / self.scale) + self.zero, 0, 255).astype(np.uint8)
+
+
+def float_log_probs(logits, mask) -> np.ndarray:
+    x = np.where(mask, logits.astype(np.float64), -np.inf)
+    m = x.max(axis=-1, keepdims=True)
+    return (x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))).astype(np.float32)
+
+
+def quantized_log_probs(q: np.ndarray, scale: float, mask) -> np.ndarray:
+    """log-softmax of uint8 logits with an exp lookup table, as SeqFlowLite's
+    FindTopKQuantizedFromLogits: table[255 - v] = exp(-scale * v); the zero point cancels."""
+    table = np.exp(-scale * np.arange(256, dtype=np.float64))[::-1]          # table[255 - v]
+    qi = q.astype(np.int32)
+    qmax = np.where(mask, qi, 0).max(axis=-1, keepdims=True)
+    e = np.where(mask, table[255 - (qmax - qi).clip(0, 255)], 0.0)            # exp(scale*(q - qmax))
+    lse = np.log(e.sum(axis=-1, keepdims=True))
+    out = scale * (qi - qmax) - lse
+    return np.where(mask, out, -np.inf).astype(np.float32)
+
+
+def length_penalty(step: int, alpha: float) -> float:
+    return ((5.0 + step) / 6.0) ** alpha
+
+
+def beam_search(model, src, beam: int = 4, max_len: int = None, alpha: float = 0.6,
+                quant: UInt8Quant = None, step_fn=None):
+    """Batched beam search. Returns (list of best id sequences without EOS, list of their scores).
+    With `quant`, the step logits are quantized to uint8 before scoring."""
+    cfg = model.cfg
+    max_len = max_len or cfg.tgt_len
+    n = len(src)
+    kv, mask = model.encode(tf.constant(src), training=False)
+    rep = lambda x: tf.repeat(x, beam, axis=0)
+    kv = [(rep(k), rep(v)) for k, v in kv]
+    mask = rep(mask)
+    caches = [tf.zeros([n * beam, 1, cfg.dim]) for _ in model.dec]
+    step_fn = step_fn or make_step_fn(model)
+    vocab_mask = np.ones(VOCAB_SIZE, bool)
+    vocab_mask[[PAD_ID, UNK_ID]] = False
+    scores = np.full((n, beam), -np.inf, np.float64)
+    scores[:, 0] = 0.0
+    seqs = np.zeros((n, beam, max_len), np.int32)
+    prev = np.full(n * beam, START_ID, np.int32)
+    finished = [[] for _ in range(n)]
+    done = np.zeros(n, bool)
+    for i in range(max_len):
+        logits, caches = step_fn(tf.constant(prev), tf.constant(i + 1, tf.int32), caches, kv, mask)
+        logits = logits.numpy().reshape(n, beam, VOCAB_SIZE)
+        if quant is None:
+            logp = float_log_probs(logits, vocab_mask)
+        else:
+            logp = quantized_log_probs(quant.quantize(logits), quant.scale, vocab_mask)
+        cand = (scores[:, :, None] + logp).reshape(n, -1)
+        top = np.argsort(-cand, axis=1, kind="stable")[:, : 2 * beam]
+        new_scores = np.full((n, beam), -np.inf)
+        new_seqs = np.zeros_like(seqs)
+        src_beam = np.zeros((n, beam), np.int64)
+        new_prev = np.full((n, beam), PAD_ID, np.int32)
+        lp, lp_max = length_penalty(i + 1, alpha), length_penalty(max_len, alpha)
+        for b in range(n):
+            if done[b]:
+                continue
+            k = 0
+            for flat in top[b]:
+                s = cand[b, flat]
+                if not np.isfinite(s):
+                    break
+                ob, tok = divmod(int(flat), VOCAB_SIZE)
+                if tok == EOS_ID:
+                    finished[b].append((s / lp, seqs[b, ob, :i].copy()))
+                elif k < beam:
+                    new_scores[b, k] = s
+                    new_seqs[b, k] = seqs[b, ob]
+                    new_seqs[b, k, i] = tok
+                    src_beam[b, k] = ob
+                    new_prev[b, k] = tok
+                    k += 1
+            best_fin = max((f[0] for f in finished[b]), default=-np.inf)
+            if k == 0 or new_scores[b, 0] / lp_max < best_fin:
+                done[b] = True
+        if done.all():
+            break
+        scores, seqs = new_scores, new_seqs
+        gather = (np.arange(n)[:, None] * beam + src_beam).ravel()
+        caches = [tf.gather(c, gather) for c in caches]
+        prev = new_prev.ravel()
+    best, best_scores = [], []
+    for b in range(n):
+        if finished[b]:
+            s, seq = max(finished[b], key=lambda f: f[0])
+        else:
+            k = int(np.argmax(scores[b]))
+            s, seq = scores[b, k] / length_penalty(max_len, alpha), seqs[b, k]
+        best.append([int(t) for t in seq if t != PAD_ID])
+        best_scores.append(float(s))
+    return best, best_scores
+
+
+def make_step_fn(model):
+    return tf.function(model.step, reduce_retracing=True)
+
+
+def byte_accuracy(pred_ids_list, targets) -> float:
+    """Mean over examples of the fraction of target bytes reproduced at the same position
+    (a length mismatch counts as errors)."""
+    accs = []
+    for pred, tgt in zip(pred_ids_list, targets):
+        t = [int(x) for x in tgt if x >= OFFSET]
+        p = list(pred)
+        hit = sum(1 for a, b in zip(p, t) if a == b)
+        accs.append(hit / max(len(t), len(p), 1))
+    return float(np.mean(accs))
+
+
+# ----------------------------------------------------------------------------------------------
+# Decode step time: fixed-size (merged attention) vs growing (standard) cache
+# ----------------------------------------------------------------------------------------------
+
+def step_time_vs_length(lengths=(16, 32, 64, 128, 256), batch: int = 64, dim: int = 256, heads: int = 4,
+                        layers: int = 2, mem_len: int = 32, repeat: int = 15, seed: int = 0) -> dict:
+    """Median seconds of ONE decoder step when the output so far has t tokens, for a merged-attention
+    decoder (cache [B, 1, D] per layer) and a standard decoder (key/value caches [B, H, t, D/H]).
+    Both use the same width, heads, FFN and layers; random weights (timing only); no quantization."""
+    from labkit import time_it
+    tf.random.set_seed(seed)
+    matt = [MergedAttentionLayer(dim, heads, 2, 0.0, quantize=False) for _ in range(layers)]
+    std = [StandardDecoderLayer(dim, heads, 2, quantize=False) for _ in range(layers)]
+    mem = tf.random.normal([batch, mem_len, dim])
+    mem_mask = tf.ones([batch, mem_len])
+    y = tf.random.normal([batch, 1, dim])
+    for layer in matt:  # build
+        k, v = layer.cross.memory_kv(mem)
+        layer.step(y, 1.0, tf.zeros([batch, 1, dim]), k, v, mem_mask)
+    kv_m = [layer.cross.memory_kv(mem) for layer in matt]
+    dh = dim // heads
+    for layer in std:
+        k, v = layer.cross.memory_kv(mem)
+        layer.step(y, tf.zeros([batch, heads, 1, dh]), tf.zeros([batch, heads, 1, dh]), k, v, mem_mask)
+    kv_s = [layer.cross.memory_kv(mem) for layer in std]
+
+    @tf.function
+    def matt_step(y, t, caches):
+        out = []
+        for layer, c, (k, v) in zip(matt, caches, kv_m):
+            y, c = layer.step(y, t, c, k, v, mem_mask)
+            out.append(c)
+        return y, out
+
+    spec = tf.TensorSpec([batch, heads, None, dh], tf.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([batch, 1, dim], tf.float32), [spec] * layers, [spec] * layers])
+    def std_step(y, kc, vc):
+        nk, nv = [], []
+        for layer, a, b, (k, v) in zip(std, kc, vc, kv_s):
+            y, a, b = layer.step(y, a, b, k, v, mem_mask)
+            nk.append(a)
+            nv.append(b)
+        return y, nk, nv
+
+    res = {"lengths": list(lengths), "fixed_s": [], "growing_s": []}
+    for t in lengths:
+        caches = [tf.random.normal([batch, 1, dim]) for _ in range(layers)]
+        tt = tf.constant(float(t))
+        res["fixed_s"].append(time_it(lambda: matt_step(y, tt, caches)[0].numpy(), repeat=repeat, warmup=2).median)
+        kc = [tf.random.normal([batch, heads, t, dh]) for _ in range(layers)]
+        vc = [tf.random.normal([batch, heads, t, dh]) for _ in range(layers)]
+        res["growing_s"].append(time_it(lambda: std_step(y, kc, vc)[0].numpy(), repeat=repeat, warmup=2).median)
+    return res

@@ -1,0 +1,90 @@
+"""Training and evaluation helpers for the byte classifiers (Keras `fit` with a labkit progress bar),
+AUC per language and overall, and per-example CPU latency of a Keras model."""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+import keras
+from sklearn.metrics import roc_auc_score
+
+from bq_layers import encode_bytes
+
+
+class ProgressCallback(keras.callbacks.Callback):
+    """One labkit progress bar over all training steps (works under papermill and in a terminal)."""
+
+    def __init__(self, total: int, desc: str):
+        super().__init__()
+        self.total, self.desc = total, desc
+        self.bar = None
+        self.losses = []
+
+    def on_train_begin(self, logs=None):
+        from labkit import progress
+        self.bar = progress(total=self.total, desc=self.desc)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(1)
+        if logs and "loss" in logs:
+            self.losses.append(float(logs["loss"]))
+
+    def on_train_end(self, logs=None):
+        self.bar.close()
+
+
+def encode_split(df: pd.DataFrame, max_len: int):
+    return encode_bytes(df["text"].tolist(), max_len), df["label"].to_numpy().astype(np.float32)[:, None]
+
+
+def train_classifier(model, x, y, steps: int, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
+                     desc: str = "train", pos_weight: Optional[float] = None) -> list:
+    """Adam with linear warm-up and decay, BCE on the logit, `steps` batches sampled with
+    replacement-free epochs. Returns the per-step loss curve."""
+    n = len(x)
+    steps_per_epoch = int(np.ceil(n / batch_size))
+    epochs = int(np.ceil(steps / steps_per_epoch))
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(n) for _ in range(epochs)])[: steps * batch_size]
+    xs, ys = x[order], y[order]
+    sched = keras.optimizers.schedules.PolynomialDecay(lr, decay_steps=steps, end_learning_rate=lr * 0.05)
+    model.compile(optimizer=keras.optimizers.Adam(sched, clipnorm=1.0),
+                  loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    w = None
+    if pos_weight:
+        w = np.where(ys[:, 0] > 0.5, pos_weight, 1.0).astype(np.float32)
+    cb = ProgressCallback(len(xs) // batch_size + (len(xs) % batch_size > 0), desc)
+    model.fit(xs, ys, sample_weight=w, batch_size=batch_size, epochs=1, shuffle=False, verbose=0,
+              callbacks=[cb])
+    return cb.losses
+
+
+def predict_logits(model, x, batch_size: int = 256) -> np.ndarray:
+    return model.predict(x, batch_size=batch_size, verbose=0)[:, 0]
+
+
+def auc_table(df: pd.DataFrame, scores) -> dict:
+    """{'overall': AUC, 'es': AUC, 'it': AUC, ...} (NaN where a group has one class only)."""
+    scores = np.asarray(scores)
+    out = {"overall": float(roc_auc_score(df["label"], scores))}
+    for lang in sorted(df["lang"].unique()):
+        m = (df["lang"] == lang).to_numpy()
+        ys = df["label"].to_numpy()[m]
+        out[lang] = float(roc_auc_score(ys, scores[m])) if len(set(ys)) == 2 else float("nan")
+    return out
+
+
+def keras_latency_per_example(model, x, repeat: int = 3) -> float:
+    """Median seconds per example, batch 1, through a traced tf.function (no Python overhead of
+    model.predict)."""
+    from labkit import time_it
+    fn = tf.function(lambda ids: model(ids, training=False), reduce_retracing=True)
+    xs = [tf.constant(x[i:i + 1]) for i in range(len(x))]
+
+    def run():
+        for xi in xs:
+            fn(xi)
+    return time_it(run, repeat=repeat, warmup=1).median / len(xs)

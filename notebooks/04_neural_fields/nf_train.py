@@ -1,0 +1,236 @@
+"""Training loops and evaluation for the three pipelines (image, SDF, NeRF).
+
+Every loop stops at whichever comes first, a step count or a wall-clock budget of *training* time
+(evaluation pauses the clock; on a GPU the clock is read after a synchronize). The learning rate
+decays from lr to lr/10 over the run's progress (max of step and time fractions), so a run cut by
+its time budget still ends annealed. Adam uses Instant-NGP's settings: betas (0.9, 0.99), eps 1e-15.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from nf_data import MultiViewDataset, Mesh, psnr
+from nf_tracers import render_image
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+class TrainClock:
+    """Counts training time only: pause() around evaluation."""
+
+    def __init__(self, device):
+        self.device, self.total, self._t0 = device, 0.0, None
+
+    def start(self):
+        sync(self.device)
+        self._t0 = time.perf_counter()
+
+    def pause(self) -> float:
+        sync(self.device)
+        self.total += time.perf_counter() - self._t0
+        self._t0 = None
+        return self.total
+
+    def elapsed(self) -> float:
+        return self.total + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+
+
+def make_optimizer(field, lr: float = 1e-2, decoder_lr: Optional[float] = None):
+    return torch.optim.Adam(field.param_groups(lr, decoder_lr), betas=(0.9, 0.99), eps=1e-15)
+
+
+def _anneal(opt, base: List[float], frac: float) -> None:
+    for g, lr in zip(opt.param_groups, base):
+        g["lr"] = lr * 0.1 ** min(max(frac, 0.0), 1.0)
+
+
+def _bar(total, desc, show):
+    import labkit
+    return labkit.progress(total=total, desc=desc, disable=not show) if show else None
+
+
+# ------------------------------------------------------------------------------------------------ image
+def pixel_coords(h: int, w: int, device="cpu") -> torch.Tensor:
+    """Pixel centres in [-1, 1]^2, row-major (x along the width, y down the height)."""
+    y, x = torch.meshgrid((torch.arange(h, device=device) + 0.5) / h * 2 - 1,
+                          (torch.arange(w, device=device) + 0.5) / w * 2 - 1, indexing="ij")
+    return torch.stack([x, y], -1).reshape(-1, 2)
+
+
+@torch.no_grad()
+def render_field_image(field, h: int, w: int, lod: Optional[int] = None, chunk: int = 2 ** 18) -> torch.Tensor:
+    dev = next(field.parameters()).device
+    xy = pixel_coords(h, w, dev)
+    out = torch.cat([field(xy[s:s + chunk], lod) for s in range(0, xy.shape[0], chunk)])
+    return out.reshape(h, w, 3)
+
+
+def fit_image(field, image: torch.Tensor, max_steps: int, time_budget: float, batch: int = 2 ** 16,
+              lr: float = 1e-2, eval_every: int = 50, target_psnr: Optional[float] = None,
+              show_progress: bool = True, desc: str = "image fit") -> Dict:
+    """Fit an ImageField to image (H, W, 3). Returns the PSNR curve against training time."""
+    dev = image.device
+    h, w = image.shape[:2]
+    xy, target = pixel_coords(h, w, dev), image.reshape(-1, 3)
+    opt = make_optimizer(field, lr)
+    base = [g["lr"] for g in opt.param_groups]
+    clock = TrainClock(dev)
+    hist = {"seconds": [0.0], "steps": [0], "psnr": [psnr(render_field_image(field, h, w), image)]}
+    time_to_target = None
+    bar = _bar(max_steps, desc, show_progress)
+    step = 0
+    clock.start()
+    while step < max_steps and clock.elapsed() < time_budget:
+        _anneal(opt, base, max(step / max_steps, clock.elapsed() / time_budget))
+        idx = torch.randint(0, xy.shape[0], (min(batch, xy.shape[0]),), device=dev)
+        loss = torch.mean((field(xy[idx]) - target[idx]) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if bar is not None:
+            bar.update(1)
+        if step % eval_every == 0 or step == max_steps:
+            t = clock.pause()
+            p = psnr(render_field_image(field, h, w), image)
+            hist["seconds"].append(t); hist["steps"].append(step); hist["psnr"].append(p)
+            if target_psnr is not None and time_to_target is None and p >= target_psnr:
+                time_to_target = t
+            clock.start()
+    total = clock.pause()
+    if bar is not None:
+        bar.close()
+    if hist["steps"][-1] != step:
+        p = psnr(render_field_image(field, h, w), image)
+        hist["seconds"].append(total); hist["steps"].append(step); hist["psnr"].append(p)
+        if target_psnr is not None and time_to_target is None and p >= target_psnr:
+            time_to_target = total
+    hist.update(final_psnr=hist["psnr"][-1], train_seconds=total, steps_done=step,
+                time_to_target=time_to_target)
+    return hist
+
+
+# ------------------------------------------------------------------------------------------------ SDF
+def fit_sdf(field, points: torch.Tensor, sdf: torch.Tensor, max_steps: int, time_budget: float,
+            batch: int = 2 ** 14, lr: float = 1e-2, lods: Optional[Sequence[int]] = None,
+            show_progress: bool = True, desc: str = "SDF fit") -> Dict:
+    """NGLOD training: the loss is the sum over LODs of the L2 error of each LOD's SDF."""
+    dev = points.device
+    lods = list(range(field.num_lods)) if lods is None else list(lods)
+    opt = make_optimizer(field, lr)
+    base = [g["lr"] for g in opt.param_groups]
+    clock = TrainClock(dev)
+    losses, step = [], 0
+    bar = _bar(max_steps, desc, show_progress)
+    clock.start()
+    while step < max_steps and clock.elapsed() < time_budget:
+        _anneal(opt, base, max(step / max_steps, clock.elapsed() / time_budget))
+        idx = torch.randint(0, points.shape[0], (min(batch, points.shape[0]),), device=dev)
+        x, s = points[idx], sdf[idx]
+        loss = sum(torch.mean((field(x, lod) - s) ** 2) for lod in lods)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item() / len(lods)) if step % 10 == 0 else None
+        step += 1
+        if bar is not None:
+            bar.update(1)
+    total = clock.pause()
+    if bar is not None:
+        bar.close()
+    return {"loss": losses, "train_seconds": total, "steps_done": step}
+
+
+@torch.no_grad()
+def sdf_grid_values(field, res: int, lod: Optional[int] = None, chunk: int = 2 ** 17) -> np.ndarray:
+    dev = next(field.parameters()).device
+    side = torch.linspace(-1, 1, res, device=dev)
+    pts = torch.stack(torch.meshgrid(side, side, side, indexing="ij"), -1).reshape(-1, 3)
+    vals = torch.cat([field(pts[s:s + chunk], lod) for s in range(0, pts.shape[0], chunk)])
+    return vals.reshape(res, res, res).float().cpu().numpy()
+
+
+def extract_mesh(field, res: int = 64, lod: Optional[int] = None) -> Optional[Mesh]:
+    """Marching cubes of the zero level set (scikit-image); None if the field has no zero crossing."""
+    from skimage.measure import marching_cubes
+    vol = sdf_grid_values(field, res, lod)
+    if not (vol.min() < 0 < vol.max()):
+        return None
+    verts, faces, _, _ = marching_cubes(vol, level=0.0, spacing=(2 / (res - 1),) * 3)
+    verts = verts - 1.0                                  # (i, j, k) -> (x, y, z) in [-1, 1]
+    return Mesh(torch.tensor(verts.copy(), dtype=torch.float32), torch.tensor(faces.copy(), dtype=torch.int64))
+
+
+def chamfer_distance(a: torch.Tensor, b: torch.Tensor, chunk: int = 4096) -> float:
+    """Symmetric Chamfer distance: mean nearest-neighbour L2 distance a->b plus b->a."""
+    def one_way(p, q):
+        return torch.cat([torch.cdist(p[s:s + chunk], q).min(1).values for s in range(0, p.shape[0], chunk)]).mean()
+    return float(one_way(a, b) + one_way(b, a))
+
+
+# ------------------------------------------------------------------------------------------------ NeRF
+@torch.no_grad()
+def evaluate_views(pipeline, ds: MultiViewDataset, lod: Optional[int] = None, views: Optional[Sequence[int]] = None,
+                   chunk: int = 2 ** 15):
+    """Mean per-view PSNR over views of ds, and the rendered images."""
+    views = range(ds.poses.shape[0]) if views is None else views
+    imgs, scores = [], []
+    for v in views:
+        img = render_image(pipeline, ds.poses[v], ds.width, ds.height, ds.fov_deg, lod, chunk)["rgb"]
+        imgs.append(img)
+        scores.append(psnr(img, ds.images[v]))
+    return float(np.mean(scores)), imgs
+
+
+def fit_nerf(pipeline, train: MultiViewDataset, test: MultiViewDataset, max_steps: int, time_budget: float,
+             batch_rays: int = 2 ** 12, lr: float = 1e-2, occupancy_every: int = 16, warmup: int = 64,
+             eval_every: int = 200, eval_views: Sequence[int] = (0,), show_progress: bool = True,
+             desc: str = "NeRF fit", step_callback=None) -> Dict:
+    """Train a radiance-field pipeline on the train views; the held-out PSNR curve is measured on
+    `eval_views` of the test split while the training clock is paused."""
+    dev = train.images.device
+    o, d, c = train.rays()
+    field, tracer = pipeline.field, pipeline.tracer
+    opt = make_optimizer(field, lr)
+    base = [g["lr"] for g in opt.param_groups]
+    clock = TrainClock(dev)
+    hist = {"seconds": [], "steps": [], "psnr": [], "occupied": [], "samples_per_ray": []}
+    bar = _bar(max_steps, desc, show_progress)
+    step, samples = 0, 0.0
+    clock.start()
+    while step < max_steps and clock.elapsed() < time_budget:
+        _anneal(opt, base, max(step / max_steps, clock.elapsed() / time_budget))
+        if tracer.occupancy is not None and step >= warmup and step % occupancy_every == 0:
+            tracer.occupancy.update(lambda x: field.density(x))
+        idx = torch.randint(0, o.shape[0], (batch_rays,), device=dev)
+        out = pipeline(o[idx], d[idx], jitter=True)
+        loss = torch.mean((out["rgb"] - c[idx]) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        samples = 0.9 * samples + 0.1 * out["samples"] / batch_rays if step else out["samples"] / batch_rays
+        step += 1
+        if step_callback is not None:
+            step_callback(step)
+        if bar is not None:
+            bar.update(1)
+        if step % eval_every == 0:
+            t = clock.pause()
+            p, _ = evaluate_views(pipeline, test, views=eval_views)
+            hist["seconds"].append(t); hist["steps"].append(step); hist["psnr"].append(p)
+            hist["occupied"].append(tracer.occupancy.fraction() if tracer.occupancy is not None else 1.0)
+            hist["samples_per_ray"].append(samples)
+            clock.start()
+    total = clock.pause()
+    if bar is not None:
+        bar.close()
+    hist.update(train_seconds=total, steps_done=step, samples_per_ray_final=samples)
+    return hist

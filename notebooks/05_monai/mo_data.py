@@ -1,0 +1,200 @@
+"""Data for the MONAI notebook: the MNI152 brain, tissue labels, synthetic "subjects", test volumes, DICOM.
+
+Everything here is offline. The MNI152 2009a template (T1 + grey/white-matter probability maps, from the
+`mni152` data source) is ONE averaged brain; to get a training set we make "subjects" from it by a random
+smooth deformation plus random intensity changes (bias field, gamma, contrast, noise). That is data
+augmentation presented as subjects, and the notebook says so: held-out subjects are other random
+deformations of the same template, not other people.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+LABEL_NAMES = {0: "background", 1: "grey matter", 2: "white matter"}
+
+
+@dataclass
+class Template:
+    t1: np.ndarray        # float32, 0..1
+    gm: np.ndarray        # float32 probability 0..1
+    wm: np.ndarray        # float32 probability 0..1
+    affine: np.ndarray    # 4x4 voxel -> mm (RAS)
+
+    @property
+    def spacing(self) -> Tuple[float, float, float]:
+        return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(0)))
+
+
+def load_mni152(folder: Optional[Path] = None) -> Template:
+    """The MNI152 template from the registered `mni152` data source (t1/gm/wm .nii.gz)."""
+    import nibabel as nib
+    if folder is None:
+        import labkit
+        folder = labkit.data.require("mni152")
+    folder = Path(folder)
+    vols = {}
+    for name in ("t1", "gm", "wm"):
+        img = nib.load(str(folder / f"{name}.nii.gz"))
+        vols[name] = (np.asarray(img.dataobj, dtype=np.float32) / 255.0).astype(np.float32)
+        affine = img.affine
+    return Template(vols["t1"], vols["gm"], vols["wm"], np.asarray(affine, dtype=np.float64))
+
+
+def tissue_labels(gm: np.ndarray, wm: np.ndarray, min_tissue: float = 0.3) -> np.ndarray:
+    """3-class map: 0 background, 1 grey matter, 2 white matter.
+
+    A voxel is tissue when gm + wm >= `min_tissue`; it gets the class with the larger probability.
+    """
+    gm = np.asarray(gm, dtype=np.float32)
+    wm = np.asarray(wm, dtype=np.float32)
+    lab = np.where(wm > gm, 2, 1).astype(np.uint8)
+    lab[(gm + wm) < min_tissue] = 0
+    return lab
+
+
+def brain_bbox(mask: np.ndarray, margin: int = 4) -> Tuple[slice, slice, slice]:
+    idx = np.argwhere(mask)
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + 1 + margin, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def resample_template(tpl: Template, spacing: float) -> Template:
+    """Crop to the brain and resample to isotropic `spacing` mm (linear for images and probabilities)."""
+    from scipy import ndimage
+    box = brain_bbox((tpl.t1 > 0) | (tpl.gm + tpl.wm > 0.05))
+    t1, gm, wm = (v[box] for v in (tpl.t1, tpl.gm, tpl.wm))
+    src = np.array(tpl.spacing)
+    zoom = src / spacing
+    out = [ndimage.zoom(v, zoom, order=1, prefilter=False).astype(np.float32) for v in (t1, gm, wm)]
+    affine = tpl.affine.copy()
+    offset = np.array([s.start for s in box], dtype=np.float64)
+    affine[:3, 3] = tpl.affine[:3, :3] @ offset + tpl.affine[:3, 3]
+    affine[:3, :3] = tpl.affine[:3, :3] / src * spacing
+    return Template(out[0], out[1], out[2], affine)
+
+
+def _smooth_field(shape, rng, sigma: float, amplitude: float) -> np.ndarray:
+    """A smooth random scalar field on `shape` (noise on a coarse grid, upsampled, scaled to +-amplitude)."""
+    from scipy import ndimage
+    coarse = [max(2, int(round(s / sigma))) for s in shape]
+    noise = rng.standard_normal(coarse).astype(np.float32)
+    field = ndimage.zoom(noise, [s / c for s, c in zip(shape, coarse)], order=3)
+    field = field[: shape[0], : shape[1], : shape[2]]
+    pad = [(0, s - f) for s, f in zip(shape, field.shape)]
+    field = np.pad(field, pad, mode="edge")
+    m = np.abs(field).max()
+    return (field / (m + 1e-6) * amplitude).astype(np.float32)
+
+
+def random_subject(tpl: Template, rng: np.random.Generator, max_rot_deg: float = 8.0,
+                   max_scale: float = 0.08, warp_mm: float = 3.0, warp_scale_mm: float = 24.0,
+                   bias: float = 0.25, noise: float = 0.03) -> Tuple[np.ndarray, np.ndarray]:
+    """One "subject": the template deformed (random affine + smooth warp) with intensity changes.
+
+    Returns (t1 float32 0..~1, label uint8). The label is computed from the deformed GM/WM maps, so image
+    and label move together exactly.
+    """
+    from scipy import ndimage
+    shape = tpl.t1.shape
+    sp = np.array(tpl.spacing)
+    centre = (np.array(shape) - 1) / 2.0
+    ang = np.deg2rad(rng.uniform(-max_rot_deg, max_rot_deg, 3))
+    cx, cy, cz = np.cos(ang)
+    sx, sy, sz = np.sin(ang)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    scale = np.diag(1.0 + rng.uniform(-max_scale, max_scale, 3))
+    A = rx @ ry @ rz @ scale
+    grid = np.indices(shape, dtype=np.float32).reshape(3, -1) - centre[:, None]
+    coords = (A @ grid) + centre[:, None]
+    coords = coords.reshape((3,) + shape).astype(np.float32)
+    for ax in range(3):
+        coords[ax] += _smooth_field(shape, rng, warp_scale_mm / sp[ax], warp_mm / sp[ax])
+    warp = lambda v: ndimage.map_coordinates(v, coords, order=1, mode="constant", cval=0.0, prefilter=False)
+    t1, gm, wm = warp(tpl.t1), warp(tpl.gm), warp(tpl.wm)
+    label = tissue_labels(gm, wm)
+    # intensity: smooth multiplicative bias field, gamma, contrast/brightness, Rician-like noise
+    brain = t1 > 0.02
+    field = np.exp(_smooth_field(shape, rng, 40.0 / sp[0], bias))
+    gamma = float(np.exp(rng.uniform(-0.3, 0.3)))
+    t1 = np.clip(t1, 0, None) ** gamma * field
+    t1 = t1 * rng.uniform(0.8, 1.2) + rng.uniform(-0.05, 0.05) * brain
+    t1 = np.sqrt((t1 + rng.normal(0, noise, shape)) ** 2 + rng.normal(0, noise, shape) ** 2)
+    return t1.astype(np.float32), label
+
+
+def write_subjects(tpl: Template, out_dir: Path, n: int, seed: int, prefix: str = "subj") -> List[Dict[str, str]]:
+    """Write n subjects as NIfTI (image + label) and return MONAI-style datalist dicts.
+
+    Re-uses files written before with the same parameters (a small JSON manifest records them).
+    """
+    import nibabel as nib
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = out_dir / f"{prefix}_manifest.json"
+    key = {"n": n, "seed": seed, "shape": list(tpl.t1.shape), "spacing": list(tpl.spacing), "v": 2}
+    items = [{"image": str(out_dir / f"{prefix}{i:03d}_t1.nii.gz"),
+              "label": str(out_dir / f"{prefix}{i:03d}_label.nii.gz"), "id": f"{prefix}{i:03d}"} for i in range(n)]
+    if manifest.exists() and json.loads(manifest.read_text()) == key and all(
+            Path(it["image"]).exists() and Path(it["label"]).exists() for it in items):
+        return items
+    for i, it in enumerate(items):
+        rng = np.random.default_rng([seed, i])
+        img, lab = random_subject(tpl, rng)
+        for arr, path in ((img, it["image"]), (lab, it["label"])):
+            tmp = Path(path).with_name(".tmp_" + Path(path).name)
+            nib.save(nib.Nifti1Image(arr, tpl.affine), str(tmp))
+            tmp.replace(path)
+    tmp = manifest.with_suffix(".tmp")
+    tmp.write_text(json.dumps(key))
+    tmp.replace(manifest)
+    return items
+
+
+def synthetic_volumes(n: int, size: int, num_seg_classes: int = 2, seed: int = 0,
+                      num_objs: int = 6, rad_max: Optional[int] = None) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """MONAI's own synthetic 3-D segmentation data: `create_test_image_3d` spheres in noise."""
+    from monai.data import create_test_image_3d
+    rs = np.random.RandomState(seed)
+    rad_max = rad_max or max(3, size // 6)
+    out = []
+    for _ in range(n):
+        img, seg = create_test_image_3d(size, size, size, num_objs=num_objs, rad_max=rad_max,
+                                        rad_min=max(2, rad_max // 3), num_seg_classes=num_seg_classes,
+                                        channel_dim=None, random_state=rs)
+        out.append((img.astype(np.float32), seg.astype(np.uint8)))
+    return out
+
+
+def read_dicom_samples(folder: Optional[Path] = None):
+    """Read the pydicom test files (CT_small.dcm, MR_small.dcm) through MONAI's PydicomReader.
+
+    Returns {name: MetaTensor} (channel-first after EnsureChannelFirst), with the DICOM meta data kept.
+    """
+    from monai.transforms import Compose, EnsureChannelFirst, LoadImage
+    if folder is None:
+        import labkit
+        folder = labkit.data.require("dicom_samples")
+    load = Compose([LoadImage(reader="PydicomReader", image_only=True), EnsureChannelFirst()])
+    return {name: load(str(Path(folder) / f"{name}.dcm")) for name in ("CT_small", "MR_small")}
+
+
+def read_nibabel_sample(folder: Optional[Path] = None):
+    """nibabel's real MR test volume (anatomical.nii, 33x41x25) through MONAI's NibabelReader."""
+    from monai.transforms import LoadImage
+    if folder is None:
+        import labkit
+        folder = labkit.data.require("nibabel_samples")
+    return LoadImage(reader="NibabelReader", image_only=True)(str(Path(folder) / "anatomical.nii"))
+
+
+def split(items: Sequence, n_train: int, n_val: int) -> Tuple[list, list, list]:
+    items = list(items)
+    return items[:n_train], items[n_train:n_train + n_val], items[n_train + n_val:]

@@ -1,0 +1,90 @@
+"""MONAI dictionary-transform pipelines for the brain-tissue task.
+
+    load -> channel first -> orientation (RAS) -> spacing -> intensity -> crop foreground
+        -> [cache boundary] -> (to GPU) -> random crops by label class -> random affine
+
+The deterministic part comes first so that `CacheDataset` can cache its output (MONAI caches every
+transform up to the first random one). In the "fast" recipe `EnsureTyped(device=cuda)` sits right at the
+boundary, so the random crops and the random affine run on the GPU.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from monai.transforms import (
+    Compose, CropForegroundd, EnsureChannelFirstd, EnsureTyped, LoadImaged, NormalizeIntensityd,
+    Orientationd, RandAffined, RandCropByLabelClassesd, Spacingd,
+)
+
+KEYS = ("image", "label")
+
+
+def deterministic(pixdim: float, keys: Sequence[str] = KEYS, margin: int = 4) -> list:
+    """The part of the pipeline that gives the same output every epoch (cacheable)."""
+    has_label = "label" in keys
+    out = [
+        LoadImaged(keys=list(keys), image_only=False),
+        EnsureChannelFirstd(keys=list(keys)),
+        Orientationd(keys=list(keys), axcodes="RAS"),
+        Spacingd(keys=list(keys), pixdim=(pixdim,) * 3,
+                 mode=("bilinear", "nearest") if has_label else ("bilinear",)),
+        NormalizeIntensityd(keys="image", nonzero=True),
+        CropForegroundd(keys=list(keys), source_key="image", margin=margin, allow_smaller=True),
+    ]
+    if has_label:
+        out.append(EnsureTyped(keys="label", dtype=torch.uint8))
+    return out
+
+
+def random_part(roi: int, num_samples: int, num_classes: int = 3, ratios: Optional[Sequence[float]] = None,
+                rotate_deg: float = 10.0, scale: float = 0.1, prob: float = 0.5) -> list:
+    """The random part: crops balanced over classes, then a random affine (image bilinear, label nearest)."""
+    import math
+    ratios = list(ratios) if ratios is not None else [1.0] * num_classes
+    r = math.radians(rotate_deg)
+    return [
+        RandCropByLabelClassesd(keys=list(KEYS), label_key="label", spatial_size=(roi,) * 3,
+                                num_classes=num_classes, ratios=ratios, num_samples=num_samples,
+                                allow_smaller=True),
+        RandAffined(keys=list(KEYS), prob=prob, rotate_range=(r, r, r), scale_range=(scale,) * 3,
+                    mode=("bilinear", "nearest"), padding_mode="zeros", spatial_size=(roi,) * 3),
+    ]
+
+
+def train_transforms(pixdim: float, roi: int, num_samples: int, device: Optional[str] = None,
+                     num_classes: int = 3) -> Compose:
+    """Training pipeline. device='cuda' moves data to the GPU before the random transforms (fast recipe)."""
+    to_device = [EnsureTyped(keys=list(KEYS), device=torch.device(device), track_meta=False)] if device else [
+        EnsureTyped(keys=list(KEYS), track_meta=False)]
+    return Compose(deterministic(pixdim) + to_device + random_part(roi, num_samples, num_classes))
+
+
+def val_transforms(pixdim: float, device: Optional[str] = None) -> Compose:
+    return Compose(deterministic(pixdim) + [EnsureTyped(keys=list(KEYS), device=torch.device(device) if device else None)])
+
+
+def infer_transforms(pixdim: float) -> Compose:
+    """Image only (no label), for inference on new data."""
+    return Compose(deterministic(pixdim, keys=("image",)))
+
+
+def describe(compose: Compose) -> list:
+    """[(name, key settings)] for showing a pipeline as a table."""
+    rows = []
+    for t in compose.transforms:
+        name = type(t).__name__
+        extra = ""
+        if hasattr(t, "spacing_transform"):
+            extra = f"pixdim={tuple(float(x) for x in t.spacing_transform.pixdim)}"
+        elif hasattr(t, "ornt_transform"):
+            extra = f"axcodes={t.ornt_transform.axcodes}"
+        elif name == "RandCropByLabelClassesd":
+            extra = f"size={tuple(t.cropper.spatial_size)}, samples={t.cropper.num_samples}"
+        elif name == "RandAffined":
+            extra = f"prob={t.prob}"
+        elif name == "EnsureTyped":
+            dev = getattr(t.converter, "device", None)
+            extra = f"device={dev}" if dev is not None else ""
+        rows.append((name, extra))
+    return rows
