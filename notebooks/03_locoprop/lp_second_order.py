@@ -160,8 +160,8 @@ class Shampoo(_Preconditioned):
 class KFAC(_Preconditioned):
     """K-FAC for dense layers: Kronecker factors A, G; exact (A kron G + lambda I)^-1 via eigenbases."""
 
-    def __init__(self, model: Autoencoder, damping: float = 1e-3, stat_decay: float = 0.95, refresh_every: int = 20,
-                 momentum: float = 0.9, fisher: str = "true", damping_mode: str = "relative", kl_clip=1e-2, seed: int = 0):
+    def __init__(self, model: Autoencoder, damping: float = 1e-2, stat_decay: float = 0.95, refresh_every: int = 20,
+                 momentum: float = 0.0, fisher: str = "true", damping_mode: str = "relative", kl_clip=1e-3, seed: int = 0):
         if damping_mode not in ("relative", "absolute"):
             raise ValueError(f"damping_mode={damping_mode!r}; use 'relative' or 'absolute'")
         self.damping_mode, self.kl_clip = damping_mode, kl_clip

@@ -73,7 +73,9 @@ class ManagedProcess:
         self.cwd = cwd
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        self._own_log = log_path is None  # a temp log we created: removed after a clean stop
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
+        self._failed = False
         self.proc: Optional[subprocess.Popen] = None
 
     def log_tail(self, lines: int = 30) -> str:
@@ -99,6 +101,7 @@ class ManagedProcess:
                                       f"Last lines of {self.log_path}:\n{self.log_tail()}")
                 time.sleep(0.2)
         except BaseException:
+            self._failed = True  # keep the log: the error message points at it
             self.stop()
             raise
 
@@ -131,6 +134,8 @@ class ManagedProcess:
             pass
         if not self._log.closed:
             self._log.close()
+        if self._own_log and not self._failed:
+            self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> "ManagedProcess":
         return self.start()

@@ -69,7 +69,8 @@ def test_kfac_precondition_is_exact_kronecker_solve():
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
-def test_kfac_step_equals_exact_damped_kronecker_inverse():
+@pytest.mark.parametrize("mode", ["absolute", "relative"])
+def test_kfac_step_equals_exact_damped_kronecker_inverse(mode):
     model = Autoencoder(TINY, seed=6)
     x = tf.constant(X)
     B = len(X)
@@ -81,13 +82,14 @@ def test_kfac_step_equals_exact_damped_kronecker_inverse():
     dl_da = tape.gradient(loss, pre)
     before = [aug(model, i) for i in range(model.n_layers)]
     lam, lr = 0.05, 0.1
-    opt = KFAC(model, damping=lam, refresh_every=2, momentum=0.0, fisher="empirical")
+    opt = KFAC(model, damping=lam, refresh_every=2, momentum=0.0, fisher="empirical", damping_mode=mode, kl_clip=None)
     opt.step(x, tf.constant(lr))
     for i, grad in enumerate(grads):
         Y = np.concatenate([inputs[i].numpy(), np.ones((B, 1))], 1).astype(np.float64)
         S = dl_da[i].numpy().astype(np.float64) * B
         A, G = Y.T @ Y / B, S.T @ S / B
-        exact = np.linalg.solve(np.kron(A, G) + lam * np.eye(len(A) * len(G)),
+        lam_i = lam if mode == "absolute" else lam * np.trace(A) / len(A) * np.trace(G) / len(G)
+        exact = np.linalg.solve(np.kron(A, G) + lam_i * np.eye(len(A) * len(G)),
                                 grad.reshape(-1)).reshape(grad.shape)
         np.testing.assert_allclose(aug(model, i), before[i] - lr * exact, rtol=2e-3, atol=1e-5)
 
@@ -119,3 +121,14 @@ def test_reset_restores_initial_state(cls):
     assert int(opt.count.numpy()) == 0
     assert all(np.all(m.numpy() == 0) for m in opt.mom)
     assert opt.state_bytes() > 4 * model.n_params
+
+
+def test_kfac_kl_clip_bounds_the_step():
+    model = Autoencoder(TINY, seed=6)
+    grads = aug_grads(model, X)
+    before = [aug(model, i) for i in range(model.n_layers)]
+    lr, clip = 10.0, 1e-4
+    KFAC(model, momentum=0.0, fisher="empirical", kl_clip=clip).step(tf.constant(X), tf.constant(lr))
+    steps = [(before[i] - aug(model, i)) / lr for i in range(model.n_layers)]   # nu * D per layer
+    vfv = lr ** 2 * sum(np.sum(d * g) for d, g in zip(steps, grads))
+    assert vfv == pytest.approx(clip, rel=1e-2)     # clipped exactly to the KL budget
