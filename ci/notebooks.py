@@ -1,13 +1,14 @@
 """Shared bits of the ci/ scripts: where the notebooks are and what the metadata says."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-BUILD = ROOT / "build"
+BUILD = Path(os.environ.get("LABKIT_BUILD_DIR") or ROOT / "build")
 
 
 def metadata() -> dict:

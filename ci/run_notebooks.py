@@ -60,7 +60,7 @@ def run_one(folder: str, profile: str, device: str, timeout_min: float, extra: l
     except subprocess.TimeoutExpired:
         status = "TIMEOUT"
     wall = time.perf_counter() - t0
-    row = {"notebook": folder, "status": status, "wall_s": round(wall, 1), "log": str(log.relative_to(ROOT))}
+    row = {"notebook": folder, "status": status, "wall_s": round(wall, 1), "log": str(log)}
     if status != "ok":
         err = first_error(out)
         row["error"] = (f"cell {err[0]} ({err[1]!r}) raised {err[2]}" if err

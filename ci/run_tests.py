@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     if "checker" not in skip:
         plan.append(("notebook checker", lambda: script_suite("checker", [PY, "ci/check_notebooks.py"])))
     if "workflows" not in skip:
-        plan.append(("workflow files", lambda: pytest_suite("workflows", ["ci/check_workflows.py"])))
+        plan.append(("workflows, README, runner", lambda: pytest_suite("repo", ["ci/check_workflows.py", "ci/check_runner.py"])))
     if "nbval" not in skip:
         nbs = [str(notebook_path(f).relative_to(ROOT)) for f in folders]
         plan.append(("nbval", lambda: pytest_suite("nbval", [
