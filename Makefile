@@ -14,7 +14,6 @@ export LABKIT_DATA_ROOT ?= $(CURDIR)/data
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
-export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
 .PHONY: setup data run test html lab lock clean

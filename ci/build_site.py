@@ -7,16 +7,20 @@ A notebook is found as DIR/<folder>.ipynb or DIR/<folder>/<folder>.ipynb; a topi
 listed as "not built". The index reads ci/metadata.yml (what you learn, times, hardware), the last
 run's build/summary.json (status, wall time) and each topic's results/full.json (the reference GPU
 results). Pages are self-contained: figures are embedded, the stylesheet is inline, and no script
-or font is loaded from anywhere (the site works from a folder with no network). Every file is
-written atomically (temp file, then rename).
+or font is loaded from anywhere (the site works from a folder with no network): TeX math in markdown
+($...$, $$...$$, \\(...\\), \\[...\\]) becomes MathML at build time with latex2mathml (it stays TeX
+when that package is missing), instead of MathJax from a CDN. Every file is written atomically
+(temp file, then rename). Exit status 1 when a notebook exists but cannot be rendered.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as _dt
 import html
 import json
 import re
+import secrets
 import sys
 from pathlib import Path
 
@@ -153,7 +157,7 @@ def threshold_text(spec) -> tuple:
 
 def machine_text(ref: dict) -> str:
     m = ref.get("machine") or {}
-    gpu = m.get("gpu") or "no GPU recorded"
+    gpu = m.get("gpu") or "CPU only (no GPU recorded)"
     count = m.get("gpu_count")
     gpu = f"{count} &times; {esc(gpu)}" if isinstance(count, int) and count > 1 else esc(gpu)
     return gpu
@@ -177,12 +181,72 @@ def reference_block(folder: str, ref: dict | None, meta_entry: dict, heading: st
     vers = ", ".join(f"{esc(k)} {esc(v)}" for k, v in versions.items()) if isinstance(versions, dict) else esc(versions)
     return (
         f'<section class="lk-ref" id="ref-{esc(folder)}">'
-        f"<{heading}>Reference GPU results: {esc(folder)}</{heading}>"
+        f"<{heading}>Reference results (full profile): {esc(folder)}</{heading}>"
         f"<p>Profile <b>{esc(ref.get('profile', '?'))}</b> on <b>{machine_text(ref)}</b>"
         f" (CPU: {esc(m.get('cpu', '?'))}), recorded {esc(ref.get('created', '?'))}."
         + (f'<br><span class="lk-muted">{vers}</span>' if vers else "")
         + "</p><table><tr><th>metric</th><th>value</th><th>threshold (ci/metadata.yml)</th></tr>"
         + "".join(rows) + "</table></section>")
+
+
+# Math in markdown cells becomes MathML at build time (Chromium, Firefox and Safari render MathML
+# natively), so no MathJax is fetched. Code (fenced blocks, inline code) is left alone, and so are
+# dollar amounts ("$5 and $10": an opening $ must be followed, and a closing one preceded, by a
+# non-space, and a closing $ is not followed by a digit, as in pandoc).
+CODE_RE = re.compile(r"^(?P<fence>```|~~~)[^\n]*\n.*?^(?P=fence)[ \t]*$|(?P<ticks>`+).+?(?P=ticks)",
+                     re.DOTALL | re.MULTILINE)
+MATH_RE = re.compile(
+    r"(?P<escaped>\\\$)"
+    r"|\$\$(?P<display>.+?)\$\$"
+    r"|\\\[(?P<display2>.+?)\\\]"
+    r"|\\\((?P<inline2>.+?)\\\)"
+    r"|(?<![\\$\w])\$(?P<inline>[^\s$](?:[^$\n]*?[^\s$\\])?)\$(?!\d)",
+    re.DOTALL)
+
+
+def _mathml_converter():
+    try:
+        from latex2mathml.converter import convert
+        return convert
+    except ImportError:
+        return None
+
+
+def math_placeholders(nb, token: str) -> dict:
+    """Replace the TeX math of markdown cells by placeholders; returns {placeholder: MathML}.
+
+    Placeholders (letters and digits) go through the markdown renderer untouched; the caller puts the
+    MathML in their place in the rendered page. TeX that does not convert is left as it was."""
+    convert = _mathml_converter()
+    if convert is None:
+        return {}
+    table = {}
+
+    def repl(m):
+        if m.group("escaped"):
+            return m.group(0)
+        tex, block = next((m.group(g), g.startswith("display")) for g in ("display", "display2", "inline2", "inline")
+                          if m.group(g) is not None)
+        try:
+            mathml = convert(tex.strip(), display="block" if block else "inline")
+        except Exception:
+            return m.group(0)
+        key = f"LKMATH{token}X{len(table)}X"
+        table[key] = mathml
+        return key  # a display formula keeps display="block" wherever it sits (lists included)
+
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        # Code first: a $ inside code is never math, wherever the math would start.
+        codes = []
+
+        def hide(m):
+            codes.append(m.group(0))
+            return f"LKCODE{token}X{len(codes) - 1}X"
+        text = MATH_RE.sub(repl, CODE_RE.sub(hide, cell.source))
+        cell.source = re.sub(f"LKCODE{token}X(\\d+)X", lambda m: codes[int(m.group(1))], text)
+    return table
 
 
 def make_exporter() -> HTMLExporter:
@@ -219,7 +283,12 @@ def render_notebook(exporter: HTMLExporter, path: Path, folder: str, folders: li
     resources = {"metadata": {"name": folder, "path": str(img_dir)},
                  "lk_css": SITE_CSS, "lk_error_class": ERROR_CLASS,
                  "lk_expected_error_class": EXPECTED_ERROR_CLASS, "lk_folder": folder, "lk_footer": footer, "lk_source": source_label}
-    body, _ = exporter.from_notebook_node(nb, resources=resources)
+    rendered = copy.deepcopy(nb)
+    mathml = math_placeholders(rendered, secrets.token_hex(4))
+    body, _ = exporter.from_notebook_node(rendered, resources=resources)
+    for key, value in mathml.items():
+        # A display formula stands alone in its paragraph: the paragraph becomes the formula.
+        body = body.replace(f"<p>{key}</p>", value).replace(key, value)
     return rewrite_links(body, folders), nb
 
 
@@ -251,6 +320,9 @@ def index_page(entries: list, profile: str | None, source_label: str, summary_fo
             name = f'<a href="{esc(e["page"])}">{esc(e["folder"])}</a>'
             if e["errors"]:
                 name += f'<br><span class="lk-bad">{e["errors"]} error output(s)</span>'
+        elif e.get("failed"):
+            name = (f'{esc(e["folder"])}<br><span class="lk-bad lk-not-built">could not be rendered</span>'
+                    f'<br><small>{esc(e["failed"])}</small>')
         else:
             name = f'{esc(e["folder"])}<br><span class="lk-muted lk-not-built">not built</span>'
         ref = e["ref"]
@@ -285,10 +357,10 @@ h1 {{ margin-top: 0; }}
 Times: CPU smoke on the 2-core CI machine, GPU full on the GPU named in the reference results.</p>
 <table class="lk-table" id="topics">
 <tr><th>notebook</th><th>topic</th><th>what you learn</th><th>CPU smoke</th><th>GPU full</th>
-<th>hardware</th><th>last run</th><th>reference GPU results</th></tr>
+<th>hardware</th><th>last run</th><th>reference results (full)</th></tr>
 {''.join(rows)}
 </table>
-<h2>Reference GPU results</h2>
+<h2>Reference results (full profile, on the GPU where the topic uses one)</h2>
 {refs or '<p class="lk-muted">No topic has committed reference results (notebooks/&lt;folder&gt;/results/full.json) yet.</p>'}
 </main>
 </body>
@@ -306,16 +378,25 @@ def build(src: Path, out: Path, summary_path: Path = BUILD / "summary.json", qui
                     else str(src.resolve().relative_to(ROOT)) if src.resolve().is_relative_to(ROOT)
                     else str(src))
     exporter = make_exporter()
+    if _mathml_converter() is None and not quiet:
+        print("[site] latex2mathml is not installed: math in markdown is shown as TeX", file=sys.stderr)
     entries = []
     for folder in folders:
         m = meta.get(folder) or {}
         ref = read_json(NOTEBOOKS / folder / "results" / "full.json")
         ref = ref if isinstance(ref, dict) else None
-        entry = {"folder": folder, "meta": m, "ref": ref, "run": runs.get(folder), "page": None, "errors": 0}
+        entry = {"folder": folder, "meta": m, "ref": ref, "run": runs.get(folder), "page": None, "errors": 0,
+                 "failed": None}
         path = find_notebook(src, folder)
         if path is not None:
             footer = reference_block(folder, ref, m)
-            page, nb = render_notebook(exporter, path, folder, folders, footer, f"from {source_label}")
+            try:
+                page, nb = render_notebook(exporter, path, folder, folders, footer, f"from {source_label}")
+            except Exception as err:  # one broken notebook must not take the whole site down
+                entry["failed"] = f"{type(err).__name__}: {str(err)[:300]}"
+                print(f"[site] {folder}: could not render {path}: {entry['failed']}", file=sys.stderr)
+                entries.append(entry)
+                continue
             atomic_write_text(out / f"{folder}.html", page)
             entry["page"] = f"{folder}.html"
             entry["errors"] = error_count(nb)
@@ -348,8 +429,8 @@ def main(argv=None) -> int:
     out = Path(args.out) if Path(args.out).is_absolute() else ROOT / args.out
     if not src.is_dir():
         print(f"[site] {src} does not exist: every notebook is listed as not built", file=sys.stderr)
-    build(src, out, Path(args.summary))
-    return 0
+    entries = build(src, out, Path(args.summary))
+    return 1 if any(e.get("failed") for e in entries) else 0
 
 
 if __name__ == "__main__":

@@ -57,27 +57,39 @@ def chromium_version(path: Path = CHROMIUM) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _apt(*args: str) -> None:
-    cmd = ["apt-get", *args]
+def _sudo_prefix() -> list:
+    """[] as root; ['sudo', '-n'] where password-less sudo works (CI runners); else a clear error."""
+    if os.geteuid() == 0:
+        return []
+    if shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0:
+        return ["sudo", "-n"]
+    raise SystemExit(f"{CHROMIUM} is missing. Install it as root once: "
+                     f"`sudo apt-get update && sudo apt-get install -y {PACKAGE}` "
+                     f"(or run `sudo python3 ci/install_browser.py`).")
+
+
+def _apt(prefix: list, *args: str) -> None:
+    cmd = [*prefix, "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", *args]
     print("+", " ".join(cmd), flush=True)
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(cmd, check=True, env=env)
+    subprocess.run(cmd, check=True)
 
 
 def install() -> None:
     if shutil.which("apt-get") is None:
         raise SystemExit(f"{CHROMIUM} is missing and this system has no apt-get: install Chromium with "
                          f"your package manager and point LABKIT_CHROMIUM at the binary.")
-    if os.geteuid() != 0:
-        raise SystemExit(f"{CHROMIUM} is missing. Install it as root once: "
-                         f"`sudo apt-get update && sudo apt-get install -y {PACKAGE}` "
-                         f"(or run `sudo python ci/install_browser.py`).")
+    prefix = _sudo_prefix()
     # Try straight away (the package lists may be fresh); on failure refresh them and retry.
     try:
-        _apt("install", "-y", "--no-install-recommends", PACKAGE)
+        _apt(prefix, "install", "-y", "--no-install-recommends", PACKAGE)
     except subprocess.CalledProcessError:
-        _apt("update")
-        _apt("install", "-y", "--no-install-recommends", PACKAGE)
+        _apt(prefix, "update")
+        try:
+            _apt(prefix, "install", "-y", "--no-install-recommends", PACKAGE)
+        except subprocess.CalledProcessError:
+            raise SystemExit(f"`apt-get install {PACKAGE}` failed (on Ubuntu the package is a snap "
+                             f"wrapper): install Chrome or Chromium another way and set LABKIT_CHROMIUM "
+                             f"to its binary (e.g. /usr/bin/google-chrome).") from None
 
 
 def main(argv=None) -> int:

@@ -70,6 +70,9 @@ def main(argv=None) -> int:
             "--nbval-cell-timeout", "1800", *nbs])))
     if "browser" not in skip and (ROOT / "ci" / "tests").is_dir():
         def browser():
+            installed = script_suite("browser", [PY, "ci/install_browser.py"])
+            if installed[1]:
+                return installed
             built = script_suite("site", [PY, "ci/build_site.py", "--from", "notebooks", "--out", "build/site"])
             if built[1]:
                 return built

@@ -17,12 +17,13 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from labkit.procs import ManagedProcess, free_port, http_ready
 
-import site_check
 from site_check import ROOT, SCREENSHOTS, committed_notebooks
 
 VENV = ROOT / ".venv"
 FIRST = "00_environment_check"
 RUN_TIMEOUT_MS = 420_000  # Run All of notebook 00 takes ~30 s alone; the CI machine is shared
+# How IPython shows a failed cell: a traceback, or the 'Cell In[3], line 1' header of a syntax error.
+IPYTHON_ERROR_RE = r"Traceback \(most recent call last\)|^\s*Cell In\[\d+\], line \d+"
 
 
 def lab_env(tmp: Path) -> dict:
@@ -75,7 +76,22 @@ def expected_lines(nb) -> dict:
     return want
 
 
+def _sanitizers() -> list:
+    """The regexes nbval applies before comparing outputs (ci/nbval_sanitize.cfg)."""
+    import configparser
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(ROOT / "ci" / "nbval_sanitize.cfg")
+    return [(re.compile(cfg[s]["regex"]), cfg[s]["replace"]) for s in cfg.sections()
+            if "regex" in cfg[s] and "replace" in cfg[s]]
+
+
+SANITIZERS = _sanitizers()
+
+
 def norm(text: str) -> str:
+    """Whitespace collapsed and timings, paths, dates... replaced, as nbval compares outputs."""
+    for regex, replace in SANITIZERS:
+        text = regex.sub(replace, text)
     return re.sub(r"\s+", " ", text).strip()
 
 
@@ -112,66 +128,104 @@ def test_lab_refuses_requests_without_the_token(lab):
     assert f"{FIRST}.ipynb" in names
 
 
-def test_run_all_cells_through_the_jupyterlab_ui(lab, browser):
-    base, token, work, server = lab
-    committed = nbformat.read(ROOT / "notebooks" / FIRST / f"{FIRST}.ipynb", as_version=4)
-    page = browser.new_page()
-    page_errors = []
-    page.on("pageerror", lambda e: page_errors.append(str(e)))
-    try:
-        page.goto(f"{base}lab/tree/{FIRST}.ipynb?token={token}", wait_until="domcontentloaded")
-        notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
-        cells = notebook.locator(".jp-Cell")
-        # Ready to run when every cell of the notebook is in the page and its kernel (Python 3 (labkit),
-        # from the notebook's metadata) is connected and idle, as the status bar says.
-        page.wait_for_function(
-            """n => {
-                 const cells = document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell');
-                 const bar = Array.from(document.querySelectorAll('.jp-StatusBar-TextItem, .jp-StatusBar-Item'))
-                                  .map(e => e.textContent).join(' ');
-                 return cells.length === n && /\\|\\s*Idle/.test(bar) && !/No Kernel/.test(bar);
-               }""", arg=len(committed.cells), timeout=180_000, polling=500)
-        code_prompts = notebook.locator(".jp-CodeCell .jp-InputPrompt")
-        assert all("[ ]" in t or t.strip() in ("[ ]:", "") for t in code_prompts.all_inner_texts()), \
-            "cells look executed before Run All"
+PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden) "
 
+READY_JS = """n => {
+  const cells = document.querySelectorAll('%(panel)s.jp-Notebook .jp-Cell');
+  const bar = Array.from(document.querySelectorAll('.jp-StatusBar-TextItem, .jp-StatusBar-Item'))
+                   .map(e => e.textContent).join(' ');
+  return cells.length === n && /\\|\\s*Idle/.test(bar) && !/No Kernel/.test(bar);
+}""" % {"panel": PANEL}
+
+FINISHED_JS = """re => {
+  const prompts = Array.from(document.querySelectorAll('%(panel)s.jp-CodeCell .jp-InputPrompt'));
+  const ind = document.querySelector('%(panel)s.jp-Notebook-ExecutionIndicator')
+              || document.querySelector('.jp-Notebook-ExecutionIndicator');
+  if (!ind || ind.getAttribute('data-status') !== 'idle' || prompts.length === 0) return false;
+  if (prompts.some(p => p.textContent.includes('[*]'))) return false;
+  const failed = Array.from(document.querySelectorAll('%(panel)s.jp-OutputArea-output'))
+                      .some(o => new RegExp(re, 'm').test(o.textContent));
+  return failed || prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
+}""" % {"panel": PANEL}
+
+
+def run_all_in_ui(browser, base: str, token: str, name: str, n_cells: int, screenshot: Path | None = None) -> dict:
+    """Open notebook `name` in JupyterLab, Run > Run All Cells, wait until it finished or a cell failed.
+
+    Returns what the page shows: each cell's output text, the code cells' prompts, the page's
+    uncaught script errors, the requests it made outside the server, and the failed cells."""
+    page = browser.new_page()
+    seen = {"page_errors": [], "outside": []}
+    # Uncaught script errors of the page; Chromium's benign ResizeObserver notice is not one.
+    page.on("pageerror", lambda e: seen["page_errors"].append(str(e)) if "ResizeObserver loop" not in str(e) else None)
+    # JupyterLab must not reach beyond the machine (news, update checks, CDNs).
+    page.on("request", lambda r: seen["outside"].append(r.url)
+            if not (r.url.startswith(base) or r.url.startswith(("data:", "blob:"))) else None)
+    try:
+        page.goto(f"{base}lab/tree/{name}?reset&token={token}", wait_until="domcontentloaded")
+        # Ready when every cell is in the page and the notebook's kernel (Python 3 (labkit), from its
+        # metadata) is connected and idle, as the status bar says.
+        page.wait_for_function(READY_JS, arg=n_cells, timeout=180_000, polling=500)
+        prompts = page.locator(PANEL + ".jp-CodeCell .jp-InputPrompt")
+        before = prompts.all_inner_texts()
+        assert all(not re.search(r"\d", t) for t in before), f"cells look executed before Run All: {before}"
         # Run > Run All Cells, through the menu bar, as a learner would.
         page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
         page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
-
-        # Done when every code cell shows an execution count and the kernel is idle again.
-        page.wait_for_function(
-            """() => {
-                 const prompts = Array.from(document.querySelectorAll(
-                   '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt'));
-                 const ind = document.querySelector('.jp-Notebook-ExecutionIndicator');
-                 return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent))
-                        && ind && ind.getAttribute('data-status') === 'idle';
-               }""", timeout=RUN_TIMEOUT_MS, polling=1000)
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOTS / "jupyterlab_run_all.png"))
-
-        outputs = [norm(t) for t in cells.evaluate_all(
-            "els => els.map(c => { const o = c.querySelector('.jp-OutputArea'); return o ? o.innerText : ''; })")]
-        everything = "\n".join(outputs)
-        # No cell failed: JupyterLab shows a failed cell's traceback in its output area.
-        assert "Traceback (most recent call last)" not in everything, everything[-3000:]
-        assert not page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']").count()
-        # The environment report names this interpreter's Python.
-        py = f"python {sys.version_info.major}.{sys.version_info.minor}"
-        assert py in everything.lower(), f"{py!r} is not shown in the outputs"
-        # The stable outputs (those nbval checks) are what the committed notebook shows.
-        want = expected_lines(committed)
-        assert want, "the notebook has no # NBVAL_CHECK_OUTPUT cell with printed output to compare"
-        for i, lines in want.items():
-            for line in lines:
-                assert norm(line) in outputs[i], f"cell {i}: {line!r} not shown; it shows: {outputs[i][:1500]!r}"
-        assert not page_errors, page_errors
+        # Finished: kernel idle, no cell pending ([*]), and every cell numbered or one failed (Run All
+        # stops at a failed cell: that is seen now, not at the timeout).
+        page.wait_for_function(FINISHED_JS, arg=IPYTHON_ERROR_RE, timeout=RUN_TIMEOUT_MS, polling=1000)
+        if screenshot is not None:
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(screenshot))
+        raw = page.locator(PANEL + ".jp-Notebook .jp-Cell").evaluate_all(
+            "els => els.map(c => { const o = c.querySelector('.jp-OutputArea'); return o ? o.innerText : ''; })")
+        seen.update(raw=raw, prompts=prompts.all_inner_texts(),
+                    failed=[(i, t[-2000:]) for i, t in enumerate(raw) if re.search(IPYTHON_ERROR_RE, t, re.M)])
+        return seen
     finally:
         page.close()
+
+
+def test_run_all_cells_through_the_jupyterlab_ui(lab, browser):
+    base, token, work, server = lab
+    committed = nbformat.read(ROOT / "notebooks" / FIRST / f"{FIRST}.ipynb", as_version=4)
+    shown = run_all_in_ui(browser, base, token, f"{FIRST}.ipynb", len(committed.cells),
+                          screenshot=SCREENSHOTS / "jupyterlab_run_all.png")
+    # No cell failed, every cell ran.
+    assert not shown["failed"], "cell {} failed in JupyterLab:\n{}".format(*shown["failed"][0])
+    assert all(re.search(r"\[\d+\]", t) for t in shown["prompts"]), f"cells left unexecuted: {shown['prompts']}"
+    outputs = [norm(t) for t in shown["raw"]]
+    everything = "\n".join(outputs)
+    # The environment report names this interpreter's Python.
+    py = f"python {sys.version_info.major}.{sys.version_info.minor}"
+    assert py in everything.lower(), f"{py!r} is not shown in the outputs"
+    # The stable outputs (those nbval checks, e.g. the final summary) are what the committed notebook shows.
+    want = expected_lines(committed)
+    assert want, "the notebook has no # NBVAL_CHECK_OUTPUT cell with printed output to compare"
+    for i, lines in want.items():
+        for line in lines:
+            assert norm(line) in outputs[i], f"cell {i}: {line!r} not shown; it shows: {outputs[i][:1500]!r}"
+    assert not shown["page_errors"], shown["page_errors"]
+    assert not shown["outside"], f"JupyterLab requested URLs outside the server: {shown['outside'][:10]}"
     # The run wrote its results into the temp build folder, not into the repository's.
     assert (work.parent / "build" / "results" / f"{FIRST}.smoke.json").is_file()
     assert server.alive(), "JupyterLab died during the run:\n" + server.log_tail()
+
+
+def test_the_ui_check_sees_a_failing_cell(lab, browser):
+    # The negative control: a notebook whose second cell raises. Run All stops there; the check says so.
+    base, token, work, _ = lab
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell("print('first cell ran')"),
+               nbformat.v4.new_code_cell("1 / 0"),
+               nbformat.v4.new_code_cell("print('never printed')")],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3 (labkit)", "language": "python"}})
+    nbformat.write(nb, work / "98_fails.ipynb")
+    shown = run_all_in_ui(browser, base, token, "98_fails.ipynb", 3)
+    assert [i for i, _ in shown["failed"]] == [1] and "ZeroDivisionError" in shown["failed"][0][1]
+    assert "first cell ran" in shown["raw"][0] and "never printed" not in "".join(shown["raw"])
+    assert not re.search(r"\[\d+\]", shown["prompts"][2]), shown["prompts"]
 
 
 # ---------------------------------------------------------------- kernels, without a browser

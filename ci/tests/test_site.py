@@ -193,3 +193,43 @@ def test_reference_results_block_shows_machine_and_thresholds():
     assert "NVIDIA H100 80GB HBM3" in block and "torch 2.11" in block
     assert "0.93" in block and "meets" in block and "misses" in block
     assert build_site.reference_block("98_synthetic", None, {}) == ""
+
+
+def test_math_is_rendered_as_mathml_without_any_script(tmp_path, browser):
+    pytest.importorskip("latex2mathml", reason="latex2mathml (requirements.in) turns TeX into MathML")
+    src = tmp_path / "src"
+    src.mkdir()
+    md = ("# 98 · Math\n\nThe loss $\\mathcal{L}(\\theta) = \\sum_i \\ell_i$ costs $5 and $10, "
+          "code `$x$` stays code.\n\n$$\n\\nabla_\\theta \\mathcal{L} = \\frac{1}{N}\\sum_{i=1}^N g_i\n$$\n")
+    nbformat.write(new_notebook(cells=[new_markdown_cell(md)]), src / "98_math.ipynb")
+    build_site.build(src, tmp_path / "site", summary_path=tmp_path / "none.json", quiet=True)
+    with site_check.serve(tmp_path / "site") as url:
+        report = site_check.check_page(browser, url + "98_math.html", url)
+        assert_clean(report)
+        page = browser.new_page()
+        try:
+            page.goto(url + "98_math.html")
+            maths = page.evaluate("""() => Array.from(document.querySelectorAll('math')).map(m => ({
+                display: m.getAttribute('display'), w: m.getBoundingClientRect().width,
+                h: m.getBoundingClientRect().height}))""")
+            text = page.inner_text("main")
+            code = page.inner_text("main code")
+        finally:
+            page.close()
+    assert [m["display"] for m in maths] == ["inline", "block"]
+    assert all(m["w"] > 10 and m["h"] > 5 for m in maths), maths  # laid out, i.e. rendered
+    assert "\\mathcal" not in text and "\\frac" not in text
+    assert "$5 and $10" in text and code == "$x$"
+
+
+def test_an_unreadable_notebook_is_reported_not_fatal(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "97_broken.ipynb").write_text("{ this is not json")
+    nbformat.write(synthetic_notebook(error=False), src / "98_synthetic.ipynb")
+    rc = build_site.main(["--from", str(src), "--out", str(tmp_path / "site"),
+                          "--summary", str(tmp_path / "none.json")])
+    assert rc == 1
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert "could not be rendered" in index and "98_synthetic.html" in index
+    assert (tmp_path / "site" / "98_synthetic.html").is_file()
