@@ -71,14 +71,17 @@ def run_one(folder: str, profile: str, device: str, timeout_min: float, extra: l
     return row
 
 
-def key_metrics(metrics: dict, limit: int = 4) -> str:
-    return ", ".join(f"{k}={v:.4g}" for k, v in list(metrics.items())[:limit])
+def key_metrics(metrics: dict, preferred=(), limit: int = 4) -> str:
+    """The metrics the notebook is judged by (its thresholds in ci/metadata.yml) first."""
+    names = [k for k in preferred if k in metrics] + [k for k in metrics if k not in preferred]
+    return ", ".join(f"{k}={metrics[k]:.4g}" for k in names[:limit])
 
 
 def write_summary(rows: list, profile: str) -> str:
     lines = [f"| notebook | status | wall time | key metrics ({profile}) |", "|---|---|---|---|"]
     for r in rows:
-        detail = key_metrics(r.get("metrics", {})) or r.get("error", "")
+        preferred = list((metadata().get(r["notebook"], {}).get("thresholds") or {}))
+        detail = key_metrics(r.get("metrics", {}), preferred) or r.get("error", "")
         lines.append(f"| {r['notebook']} | {r['status']} | {r['wall_s']:.0f} s | {detail} |")
     text = "\n".join(lines)
     BUILD.mkdir(exist_ok=True)
