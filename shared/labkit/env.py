@@ -76,7 +76,10 @@ def machine_info(framework: str = "torch") -> dict:
             pass
     else:
         gpu_count = _gpu_count(framework)
-        gpu = "GPU" if gpu_count else None
+        if gpu_count:
+            import tensorflow as tf
+            details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+            gpu = details.get("device_name", "GPU")
     return {
         "cpu": f"{cpu} ({os.cpu_count()} cores)",
         "gpu": gpu,

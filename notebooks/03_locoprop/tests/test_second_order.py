@@ -124,11 +124,15 @@ def test_reset_restores_initial_state(cls):
 
 
 def test_kfac_kl_clip_bounds_the_step():
-    model = Autoencoder(TINY, seed=6)
-    grads = aug_grads(model, X)
-    before = [aug(model, i) for i in range(model.n_layers)]
-    lr, clip = 10.0, 1e-4
-    KFAC(model, momentum=0.0, fisher="empirical", kl_clip=clip).step(tf.constant(X), tf.constant(lr))
-    steps = [(before[i] - aug(model, i)) / lr for i in range(model.n_layers)]   # nu * D per layer
-    vfv = lr ** 2 * sum(np.sum(d * g) for d, g in zip(steps, grads))
-    assert vfv == pytest.approx(clip, rel=1e-2)     # clipped exactly to the KL budget
+    grads = aug_grads(Autoencoder(TINY, seed=6), X)
+    lr, clip, moved = 10.0, 1e-4, {}
+    for kl in (None, clip):
+        model = Autoencoder(TINY, seed=6)
+        before = [aug(model, i) for i in range(model.n_layers)]
+        KFAC(model, momentum=0.0, fisher="empirical", kl_clip=kl).step(tf.constant(X), tf.constant(lr))
+        moved[kl] = [(before[i] - aug(model, i)) / lr for i in range(model.n_layers)]
+    vfv = lr ** 2 * sum(np.sum(d * g) for d, g in zip(moved[None], grads))
+    nu = np.linalg.norm(moved[clip][0]) / np.linalg.norm(moved[None][0])
+    assert vfv > clip and nu == pytest.approx(np.sqrt(clip / vfv), rel=1e-3)
+    for a, b in zip(moved[clip], moved[None]):
+        np.testing.assert_allclose(a, nu * b, rtol=1e-3, atol=1e-9)
