@@ -414,7 +414,7 @@ class MultiViewDataset:
 
 
 def render_dataset(scene: Scene, n_train: int, n_test: int, size: int, fov_deg: float = 40.0,
-                   radius: float = 3.2, seed: int = 0, supersample: int = 2) -> Dict[str, MultiViewDataset]:
+                   radius: float = 2.7, seed: int = 0, supersample: int = 2) -> Dict[str, MultiViewDataset]:
     """Train and held-out views of `scene` from cameras on a sphere (different seeds, so the held-out
     cameras are not among the training ones)."""
     out = {}

@@ -268,8 +268,9 @@ class OctreeGrid(FeatureGrid):
 
     @classmethod
     def from_points(cls, points: torch.Tensor, base_level: int = 2, num_lods: int = 5, features: int = 16,
-                    dense_level: Optional[int] = None, init_std: float = 0.01) -> "OctreeGrid":
-        """Build the tree from a point set in [-1, 1]^dim: a cell is occupied if a point falls in it."""
+                    dense_level: Optional[int] = None, dilate: int = 0, init_std: float = 0.01) -> "OctreeGrid":
+        """Build the tree from a point set in [-1, 1]^dim: a cell is occupied if a point falls in it
+        (or, with dilate=k, if it is within k cells of one: a narrow band around a surface)."""
         dim = points.shape[1]
         u = to_unit(points.detach().float())
         cells = []
@@ -280,10 +281,15 @@ class OctreeGrid(FeatureGrid):
                 axes = [torch.arange(side, device=points.device)] * dim
                 c = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, dim)
             else:
-                c = (u * side).floor().clamp(max=side - 1).long()
-                c = torch.unique(c, dim=0)
+                c = torch.unique((u * side).floor().clamp(max=side - 1).long(), dim=0)
+                if dilate:
+                    r = torch.arange(-dilate, dilate + 1, device=points.device)
+                    nb = torch.stack(torch.meshgrid(*[r] * dim, indexing="ij"), -1).reshape(-1, dim)
+                    c = (c[:, None, :] + nb[None]).reshape(-1, dim)
+                    c = torch.unique(c[((c >= 0) & (c < side)).all(1)], dim=0)
             cells.append(c)
         return cls(dim, cells, base_level, features, init_std)
+
 
     def cell_keys(self, i: int) -> torch.Tensor:
         return getattr(self, f"cell_keys_{i}")

@@ -79,11 +79,20 @@ class SphereTracer:
 
 
 class OccupancyGrid(nn.Module):
-    def __init__(self, res: int = 64, threshold: float = 0.01, decay: float = 0.95):
+    def __init__(self, res: int = 64, min_optical_thickness: float = 0.01, decay: float = 0.95,
+                 step: float = 2 * math.sqrt(3) / 128):
+        """A cell stays occupied while its density times the marching step (its optical
+        thickness) is above min_optical_thickness, or above the grid's mean if that is lower."""
         super().__init__()
-        self.res, self.threshold, self.decay = res, threshold, decay
-        self.register_buffer("density", torch.full((res ** 3,), 1e3))   # start: everything occupied
-        self.register_buffer("mask", torch.ones(res ** 3, dtype=torch.bool))
+        self.res, self.decay = res, decay
+        self.min_optical_thickness, self.step = min_optical_thickness, step   # a VolumeTracer sets step
+        self.register_buffer("density", torch.zeros(res ** 3))
+        self.register_buffer("mask", torch.ones(res ** 3, dtype=torch.bool))   # all occupied until updated
+
+    @property
+    def threshold(self) -> float:
+        """The density under which a cell is pruned."""
+        return self.min_optical_thickness / self.step
 
     def cell_index(self, x: torch.Tensor) -> torch.Tensor:
         c = ((x + 1) * 0.5 * self.res).floor().long().clamp(0, self.res - 1)
@@ -122,6 +131,8 @@ class VolumeTracer(nn.Module):
         self.num_samples = num_samples
         self.occupancy = occupancy
         self.step = 2 * math.sqrt(3) / num_samples                  # the box's diagonal in num_samples steps
+        if occupancy is not None:
+            occupancy.step = self.step
         self.register_buffer("background", torch.tensor(background, dtype=torch.float32))
 
     def forward(self, field, o: torch.Tensor, d: torch.Tensor, lod: Optional[int] = None,

@@ -54,7 +54,7 @@ def _anneal(opt, base: List[float], frac: float) -> None:
 
 def _bar(total, desc, show):
     import labkit
-    return labkit.progress(total=total, desc=desc, disable=not show) if show else None
+    return labkit.progress(total=total, desc=desc) if show else None
 
 
 # ------------------------------------------------------------------------------------------------ image
@@ -172,7 +172,7 @@ def extract_mesh(field, res: int = 64, lod: Optional[int] = None) -> Optional[Me
 def chamfer_distance(a: torch.Tensor, b: torch.Tensor, chunk: int = 4096) -> float:
     """Symmetric Chamfer distance: mean nearest-neighbour L2 distance a->b plus b->a."""
     def one_way(p, q):
-        return torch.cat([torch.cdist(p[s:s + chunk], q).min(1).values for s in range(0, p.shape[0], chunk)]).mean()
+        return torch.cat([torch.cdist(p[s:s + chunk], q, compute_mode="donot_use_mm_for_euclid_dist").min(1).values for s in range(0, p.shape[0], chunk)]).mean()
     return float(one_way(a, b) + one_way(b, a))
 
 

@@ -242,3 +242,11 @@ def test_codebook_stores_fewer_numbers_than_it_trains():
         G.make_grid("octree", 3)
     with pytest.raises(ValueError, match="unknown grid"):
         G.make_grid("voxel", 3)
+
+
+def test_octree_dilation_adds_only_the_band_around_occupied_cells():
+    pts = torch.tensor([[0.01, 0.01, 0.01]])
+    g = G.OctreeGrid.from_points(pts, base_level=3, num_lods=1, features=2, dilate=1)
+    cells = g.occupied_cells(0)
+    centre = (G.to_unit(pts) * 8).floor().long()
+    assert cells.shape[0] == 27 and ((cells - centre).abs().max(1).values <= 1).all()
