@@ -77,6 +77,16 @@ class TFLiteClassifier:
             counts[name] = counts.get(name, 0) + 1
         return counts
 
+    def float_ops(self) -> dict:
+        """Ops that read or write a float32 tensor, by name (full-integer: only the int->float mask
+        casts and their QUANTIZE/DEQUANTIZE at the edges)."""
+        f32 = {d["index"] for d in self.interp.get_tensor_details() if d["dtype"] == np.float32}
+        out = {}
+        for op in self.interp._get_ops_details():
+            if any(i in f32 for i in list(op["inputs"]) + list(op["outputs"])):
+                out[op["op_name"]] = out.get(op["op_name"], 0) + 1
+        return out
+
     def op_names(self) -> list:
         return sorted({d["op_name"] for d in self.interp._get_ops_details()})
 

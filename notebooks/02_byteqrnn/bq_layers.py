@@ -109,15 +109,16 @@ def fake_quant(x, lo, hi, num_bits: int = 8, narrow_range: bool = False):
 
 def fake_quant_reference(x, lo, hi, num_bits: int = 8, narrow_range: bool = False):
     """numpy reference of `fake_quant` (TF's nudged min/max, round half away from zero)."""
-    x = np.asarray(x, dtype=np.float64)
-    qmin = 1 if narrow_range else 0
-    qmax = 2 ** num_bits - 1
-    scale = (hi - lo) / (qmax - qmin)
-    zp_from_min = qmin - lo / scale
-    zp = qmin if zp_from_min < qmin else qmax if zp_from_min > qmax else np.floor(zp_from_min + 0.5)
+    f32 = np.float32
+    x = np.asarray(x, dtype=f32)
+    qmin = f32(1 if narrow_range else 0)
+    qmax = f32(2 ** num_bits - 1)
+    scale = (f32(hi) - f32(lo)) / (qmax - qmin)
+    zp_from_min = qmin - f32(lo) / scale
+    zp = qmin if zp_from_min < qmin else qmax if zp_from_min > qmax else np.floor(zp_from_min + f32(0.5))
     nlo, nhi = (qmin - zp) * scale, (qmax - zp) * scale
     xc = np.clip(x, nlo, nhi)
-    return np.floor((xc - nlo) / scale + 0.5) * scale + nlo
+    return np.floor((xc - nlo) * (f32(1) / scale) + f32(0.5)) * scale + nlo   # float32, as TF
 
 
 class ActivationQuant(keras.layers.Layer):
@@ -187,8 +188,13 @@ class QDense(keras.layers.Layer):
                      if self.use_bias else None)
 
     def call(self, x, training=None):
-        y = tf.matmul(x, quantize_weight(self.kernel, self.quantize)) if x.shape.rank == 2 else \
-            tf.einsum("...d,du->...u", x, quantize_weight(self.kernel, self.quantize))
+        w = quantize_weight(self.kernel, self.quantize)
+        if x.shape.rank == 2:
+            y = tf.matmul(x, w)
+        else:  # flatten to 2-D: einsum's gradient with broadcasting dims is far slower on CPU
+            lead = tf.shape(x)[:-1]
+            y = tf.reshape(tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), w),
+                           tf.concat([lead, [self.units]], axis=0))
         if self.bias is not None:
             y = y + self.bias
         y = self.activation(y)
@@ -330,14 +336,19 @@ class GBST(keras.layers.Layer):
 # QRNN
 # ---------------------------------------------------------------------------------------------
 
-def fo_pool_loop(z, f, c0=None):
+def fo_pool_loop(z, f, c0=None, quantize: bool = False):
     """fo-pooling c_t = f_t * c_{t-1} + (1 - f_t) * z_t, unrolled over the (static) time axis.
-    z, f [B, T, C] -> c [B, T, C]. Unrolled so that it converts to plain int8 TFLite ops."""
+    z, f [B, T, C] -> c [B, T, C]. Unrolled so that it converts to plain int8 TFLite ops.
+    With `quantize`, every intermediate is fake-quantized to 8 bits with a fixed range: z in [-1, 1]
+    and f in [0, 1] make each product and the new state lie in [-1, 1] exactly, so the int8 model
+    needs no float kernel (and no calibration) for the recurrence."""
+    q = (lambda x, lo, hi: fake_quant(x, lo, hi)) if quantize else (lambda x, lo, hi: x)
     T = z.shape[1]
     c = tf.zeros_like(z[:, 0]) if c0 is None else c0
+    one_minus_f = q(1.0 - f, 0.0, 1.0)
     out = []
     for t in range(T):
-        c = f[:, t] * c + (1.0 - f[:, t]) * z[:, t]
+        c = q(q(f[:, t] * c, -1.0, 1.0) + q(one_minus_f[:, t] * z[:, t], -1.0, 1.0), -1.0, 1.0)
         out.append(c)
     return tf.stack(out, axis=1)
 
@@ -375,6 +386,7 @@ class QRNN(keras.layers.Layer):
         self.seed_gen = keras.random.SeedGenerator(seed if seed is not None else 0)
 
     def call(self, x, mask, training=None):
+        x = x * mask[..., None]                  # pads are zeros, like the conv's own padding
         if self.go_backwards:
             x, mask = x[:, ::-1], mask[:, ::-1]
         zfo = self.conv(x, training=training)
@@ -387,7 +399,7 @@ class QRNN(keras.layers.Layer):
         if training and self.zoneout > 0:
             keep = keras.random.uniform(tf.shape(f), seed=self.seed_gen) < self.zoneout
             f = tf.where(keep, tf.ones_like(f), f)
-        c = fo_pool_loop(z, f) if self.pooling == "loop" else fo_pool_parallel(z, f)
+        c = fo_pool_loop(z, f, quantize=self.quantize) if self.pooling == "loop" else fo_pool_parallel(z, f)
         c = self.cq(c, training=training)
         h = self.hq(o * c, training=training) * m
         if self.go_backwards:

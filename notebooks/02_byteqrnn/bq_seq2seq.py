@@ -93,12 +93,15 @@ def make_pairs(segments, src_len: int, tgt_len: int, rng, p: float = 0.08):
 # Decoder layers
 # ----------------------------------------------------------------------------------------------
 
-class _CrossAttention(keras.layers.Layer):
+class CrossAttention(keras.layers.Layer):
     """Encoder-decoder attention whose memory keys/values can be computed once per input."""
 
     def __init__(self, dim, heads, quantize, **kw):
         super().__init__(**kw)
         self.mha = MultiHeadAttention(dim, heads, quantize)
+
+    def build(self, *shapes):  # sublayers build on first use
+        self.built = True
 
     def memory_kv(self, mem, training=None):
         return (self.mha._split(self.mha.k(mem, training=training)),
@@ -122,7 +125,7 @@ class MergedAttentionLayer(keras.layers.Layer):
         super().__init__(**kw)
         self.dim = dim
         self.uniform = QDense(dim, use_bias=False, quantize=quantize)
-        self.cross = _CrossAttention(dim, heads, quantize)
+        self.cross = CrossAttention(dim, heads, quantize)
         self.prx = QDense(dim, use_bias=False, quantize=quantize)
         self.q0 = ActivationQuant(quantize)
         self.ln1 = keras.layers.LayerNormalization()
@@ -157,7 +160,7 @@ class StandardDecoderLayer(keras.layers.Layer):
     def __init__(self, dim: int, heads: int, ffn_mult: int = 2, quantize: bool = False, **kw):
         super().__init__(**kw)
         self.self_att = MultiHeadAttention(dim, heads, quantize)
-        self.cross = _CrossAttention(dim, heads, quantize)
+        self.cross = CrossAttention(dim, heads, quantize)
         self.ln0 = keras.layers.LayerNormalization()
         self.ln1 = keras.layers.LayerNormalization()
         self.ln2 = keras.layers.LayerNormalization()
@@ -406,7 +409,7 @@ def byte_accuracy(pred_ids_list, targets) -> float:
 
 def step_time_vs_length(lengths=(16, 32, 64, 128, 256), batch: int = 64, dim: int = 256, heads: int = 4,
                         layers: int = 2, mem_len: int = 32, repeat: int = 15, seed: int = 0) -> dict:
-    """Median seconds of ONE decoder step when the output so far has t tokens, for a merged-attention
+    """Seconds (best of `repeat`) of ONE decoder step when the output so far has t tokens, for a merged-attention
     decoder (cache [B, 1, D] per layer) and a standard decoder (key/value caches [B, H, t, D/H]).
     Both use the same width, heads, FFN and layers; random weights (timing only); no quantization."""
     from labkit import time_it
@@ -449,8 +452,9 @@ def step_time_vs_length(lengths=(16, 32, 64, 128, 256), batch: int = 64, dim: in
     for t in lengths:
         caches = [tf.random.normal([batch, 1, dim]) for _ in range(layers)]
         tt = tf.constant(float(t))
-        res["fixed_s"].append(time_it(lambda: matt_step(y, tt, caches)[0].numpy(), repeat=repeat, warmup=2).median)
+        # best of `repeat` (the least disturbed by other processes on a shared CPU)
+        res["fixed_s"].append(min(time_it(lambda: matt_step(y, tt, caches)[0].numpy(), repeat=repeat, warmup=3).samples))
         kc = [tf.random.normal([batch, heads, t, dh]) for _ in range(layers)]
         vc = [tf.random.normal([batch, heads, t, dh]) for _ in range(layers)]
-        res["growing_s"].append(time_it(lambda: std_step(y, kc, vc)[0].numpy(), repeat=repeat, warmup=2).median)
+        res["growing_s"].append(min(time_it(lambda: std_step(y, kc, vc)[0].numpy(), repeat=repeat, warmup=3).samples))
     return res

@@ -1,0 +1,30 @@
+"""Full-integer int8 TFLite export of a QAT ByteQRNN, run with LiteRT; bounded disagreement."""
+import numpy as np
+import tensorflow as tf
+
+import bq_export as E
+import bq_models as M
+import bq_train as T
+from bq_layers import encode_bytes
+
+
+def test_int8_export_agrees_with_keras():
+    cfg = M.ByteConfig(max_len=32, embed_dim=16, bottleneck=16, state=16, layers=1, gbst_downsample=2)
+    tf.random.set_seed(0)
+    model = M.build_classifier(cfg)
+    rng = np.random.default_rng(0)
+    words = ["casa", "gatto", "perro", "cane", "sol", "luna", "mare", "rojo"]
+    texts = [" ".join(rng.choice(words, 4)) for _ in range(256)]
+    x = encode_bytes(texts, 32)
+    y = np.array([[float("gatto" in t)] for t in texts], np.float32)
+    T.train_classifier(model, x, y, steps=40, batch_size=32, lr=3e-3)   # tracks activation ranges
+    buf = E.to_int8_tflite(model, 32, x[:32])
+    lite = E.TFLiteClassifier(buf)
+    types = lite.tensor_types()
+    assert types.get("int8", 0) > 30 * types.get("float32", 0)   # full-integer: int8 everywhere
+    fops = lite.float_ops()   # only the mask (ids != 0 -> float) and the edges stay float
+    assert set(fops) <= {"CAST", "QUANTIZE", "DEQUANTIZE", "DELEGATE"} and fops.get("DEQUANTIZE", 0) <= 4
+    keras_logits = T.predict_logits(model, x[:64])
+    lite_logits = lite.predict(x[:64])
+    d = E.disagreement(keras_logits, lite_logits)
+    assert d["max_abs_prob_diff"] < 0.05 and d["decision_flip_rate"] <= 0.05

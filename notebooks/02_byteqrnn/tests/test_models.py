@@ -1,0 +1,59 @@
+"""The three byte models share the embedding + GBST front; sizes; pre-training transfer."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import bq_models as M
+import bq_pretrain as P
+from bq_layers import OFFSET, UNK_ID, EOS_ID, encode_bytes
+
+TINY = M.ByteConfig(max_len=32, embed_dim=8, bottleneck=8, state=8, layers=2, heads=2,
+                    gbst_downsample=2, funnel_blocks=2)
+
+
+@pytest.mark.parametrize("enc", M.ENCODERS)
+def test_models_build_and_share_the_front(enc):
+    cfg = TINY.with_(encoder=enc)
+    m = M.build_classifier(cfg)
+    x = encode_bytes(["hola", "ciao a tutti"], 32)
+    assert m(x).shape == (2, 1)
+    enc_layer = m.byte_encoder
+    assert type(enc_layer.embedding).__name__ == "QEmbedding" and enc_layer.embedding.vocab_size == 259
+    assert type(enc_layer.gbst).__name__ == "GBST"
+    assert type(enc_layer.encoder).__name__ == ("BiQRNNStack" if enc == "qrnn" else "TransformerEncoder")
+    h, mask = m.byte_encoder(x)
+    expect_t = 16 // (2 if enc == "funnel" else 1)
+    assert h.shape[1] == expect_t and mask.shape == (2, expect_t)
+
+
+def test_full_size_byteqrnn_matches_the_reference_size():
+    """SeqFlowLite's ByteQRNN (128 wide, 3 bi-QRNN layers, state 128) has about 1.6M parameters."""
+    m = M.build_classifier(M.ByteConfig(max_len=32))
+    sizes = M.model_sizes(m)
+    assert 1.5e6 < sizes["params"] < 1.7e6
+    assert sizes["int8_mb"] < sizes["float_mb"] / 3.5
+
+
+def test_corruption_touches_only_real_bytes():
+    rng = np.random.default_rng(0)
+    ids = encode_bytes(["x" * 50] * 40, 64)
+    noisy, w = P.corrupt(ids, rng, rate=0.15)
+    assert noisy.shape == ids.shape and w.shape == ids.shape
+    assert (w[ids < OFFSET] == 0).all()                       # PAD and EOS never picked
+    assert 0.1 < w[ids >= OFFSET].mean() < 0.2
+    assert ((noisy == UNK_ID) <= (w > 0)).all()               # masks only at picked positions
+    assert (noisy[w == 0] == ids[w == 0]).all()
+
+
+def test_pretrain_reduces_loss_and_transfers_encoder():
+    cfg = TINY.with_(encoder="qrnn", layers=1)
+    pre = M.build_pretrainer(cfg)
+    assert pre(encode_bytes(["abc"], 32)).shape == (1, 32, 259)
+    texts = ["the cat sat on the mat", "a dog and a cat", "the mat is red"] * 40
+    losses, ev = P.pretrain(pre, texts, max_len=32, steps=30, batch_size=16, lr=5e-3)
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    clf = M.build_classifier(cfg)
+    x = encode_bytes(["the cat"], 32)
+    assert not np.allclose(clf.byte_encoder(x)[0].numpy(), pre.byte_encoder(x)[0].numpy())
+    P.transfer_encoder(pre, clf)
+    assert np.allclose(clf.byte_encoder(x)[0].numpy(), pre.byte_encoder(x)[0].numpy())

@@ -1,0 +1,39 @@
+"""The exercises' solutions run and are right."""
+import numpy as np
+import tensorflow as tf
+
+import bq_layers as L
+import bq_seq2seq as S
+import solutions
+from bq_models import ByteConfig
+
+
+def test_uniform_mix_equals_gbst_with_constant_scores():
+    x = tf.random.normal([2, 16, 4], seed=0)
+    mask = tf.ones([2, 16])
+    g = L.GBST(max_block_size=3, downsample_rate=2, conv_kernel_size=0, quantize=False)
+    g(x, mask)
+    g.scorer.kernel.assign(tf.zeros_like(g.scorer.kernel))      # equal scores -> softmax = 1/M
+    ref, _ = g(x, mask)
+    out, out_mask = solutions.gbst_uniform_mix(x, mask, 3, 2)
+    assert np.allclose(out.numpy(), ref.numpy(), atol=1e-5) and out_mask.shape == (2, 8)
+
+
+def test_per_channel_int8_beats_per_tensor():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(32, 8)) * np.array([0.01, 0.1, 1, 10, 0.5, 2, 0.05, 3])
+    codes, scales = solutions.per_channel_int8(w)
+    assert codes.dtype == np.int8 and np.abs(codes).max() <= 127
+    err_pc = np.abs(codes * scales - w).mean()
+    a = np.abs(w).max()
+    err_pt = np.abs(np.round(w / (a / 127)) * (a / 127) - w).mean()
+    assert err_pc < err_pt
+
+
+def test_greedy_decode_equals_beam_one():
+    cfg = S.Seq2SeqConfig(src_len=16, tgt_len=8, dim=16, dec_layers=1, heads=2, quantize=False,
+                          encoder=ByteConfig(embed_dim=8, bottleneck=8, state=8, layers=1, num_classes=0))
+    m = S.build_seq2seq(cfg)
+    src = np.random.default_rng(0).integers(3, 200, size=(3, 16)).astype(np.int32)
+    best, _ = S.beam_search(m, src, beam=1, max_len=8, alpha=0.0)
+    assert solutions.greedy_decode(m, src, 8) == best
