@@ -5,7 +5,8 @@ Fails (exit 1, one line per problem) when a notebook
   (CPU and GPU) and Hardware;
 - lacks a code cell tagged `parameters` that sets profile, device and seed (smoke/auto defaults);
 - has an unexplained skip (`NBVAL_SKIP`, `raises-exception` or `pytest.skip` without a reason);
-- is committed without outputs (a code cell never executed), or with an error output;
+- is committed without outputs (a code cell never executed), or with an error output, or with
+  papermill's injected-parameters cell;
 - lacks an Exercises section, or is not listed in ci/metadata.yml.
 """
 from __future__ import annotations
@@ -62,6 +63,8 @@ def check(path: Path, meta: dict) -> list:
         problems.append(f"needs exactly one code cell tagged 'parameters' (found {len(params)})")
     else:
         problems += parameters_cell_problems(params[0])
+    if any("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in cells):
+        problems.append("has papermill's injected-parameters cell: refresh with ci/run_notebooks.py --update-committed")
     code = [c for c in cells if c.cell_type == "code"]
     for i, cell in enumerate(code, 1):
         for line in cell.source.splitlines():

@@ -31,8 +31,9 @@ def convert(path: str, overrides: dict) -> str:
     nb = json.load(open(path))
     parts = [PRELUDE]
     for i, cell in enumerate(nb["cells"]):
-        if cell["cell_type"] != "code":
-            continue
+        tags = cell.get("metadata", {}).get("tags", [])
+        if cell["cell_type"] != "code" or "injected-parameters" in tags:
+            continue  # papermill's injected cell would undo the overrides below
         src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
         lines = [l for l in src.splitlines() if not l.lstrip().startswith(("%", "!"))]
         parts.append(f"# ---- cell {i}")

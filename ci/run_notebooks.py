@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -71,6 +70,21 @@ def run_one(folder: str, profile: str, device: str, timeout_min: float, extra: l
     return row
 
 
+def commit_outputs(executed: Path, committed: Path) -> None:
+    """Copy an executed notebook over the committed one, minus papermill's injected-parameters cell
+    (the committed notebook keeps its own defaults) and papermill's run metadata; atomic."""
+    nb = nbformat.read(executed, as_version=4)
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    nb.metadata.pop("papermill", None)
+    for c in nb.cells:
+        c.metadata.pop("papermill", None)
+        c.metadata.get("execution", {}).clear()
+        c.metadata.pop("execution", None)
+    tmp = committed.with_suffix(".ipynb.tmp")
+    nbformat.write(nb, tmp)
+    tmp.replace(committed)
+
+
 def key_metrics(metrics: dict, preferred=(), limit: int = 4) -> str:
     """The metrics the notebook is judged by (its thresholds in ci/metadata.yml) first."""
     names = [k for k in preferred if k in metrics] + [k for k in metrics if k not in preferred]
@@ -124,7 +138,7 @@ def main(argv=None) -> int:
     if args.update_committed and args.profile == "smoke":
         for r in rows:
             if r["status"] == "ok":
-                shutil.copyfile(BUILD / "executed" / f"{r['notebook']}.ipynb", notebook_path(r["notebook"]))
+                commit_outputs(BUILD / "executed" / f"{r['notebook']}.ipynb", notebook_path(r["notebook"]))
                 print(f"[run] refreshed committed outputs of {r['notebook']}")
     if failed:
         for r in failed:

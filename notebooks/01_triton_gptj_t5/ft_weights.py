@@ -176,11 +176,11 @@ def gptj_corpus(n: int, seed: int = 0) -> list:
     return [gptj_sentence(rng) for _ in range(n)]
 
 
-GPTJ_TINY = dict(vocab_size=50400, n_positions=256, n_embd=128, n_layer=2, n_head=4, rotary_dim=16,
-                 n_inner=512, bos_token_id=ENDOFTEXT, eos_token_id=ENDOFTEXT, tie_word_embeddings=False)
+GPTJ_TINY = dict(vocab_size=50400, n_positions=256, n_embd=64, n_layer=2, n_head=4, rotary_dim=8,
+                 n_inner=256, bos_token_id=ENDOFTEXT, eos_token_id=ENDOFTEXT, tie_word_embeddings=False)
 
 
-def train_tiny_gptj(out: Path, steps: int = 250, batch: int = 32, seq: int = 40, seed: int = 0,
+def train_tiny_gptj(out: Path, steps: int = 200, batch: int = 16, seq: int = 32, seed: int = 0,
                     progress=None) -> dict:
     """Train the tiny GPT-J on the corpus and save it (HF format) into `out`; return a summary.
 
@@ -202,7 +202,7 @@ def train_tiny_gptj(out: Path, steps: int = 250, batch: int = 32, seq: int = 40,
     data = remap[data]
     # train a compact model over the used rows only, then scatter its rows into the full vocabulary
     torch.manual_seed(seed)
-    small = GPTJForCausalLM(GPTJConfig(**dict(GPTJ_TINY, vocab_size=len(used))))
+    small = GPTJForCausalLM(GPTJConfig(**dict(GPTJ_TINY, vocab_size=len(used), bos_token_id=None, eos_token_id=None)))
     opt = torch.optim.AdamW(small.parameters(), lr=3e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     g = torch.Generator().manual_seed(seed)
@@ -307,7 +307,7 @@ class SPTokenizer:
         return self.sp.decode([i for i in ids if i != self.pad_id])
 
 
-T5_TINY = dict(d_model=128, d_kv=32, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4,
+T5_TINY = dict(d_model=64, d_kv=16, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4,
                relative_attention_num_buckets=32, relative_attention_max_distance=64, dropout_rate=0.0,
                feed_forward_proj="relu", tie_word_embeddings=True, decoder_start_token_id=0,
                pad_token_id=0, eos_token_id=1)
@@ -319,7 +319,7 @@ def pad_batch(seqs, pad: int = 0, left: bool = False) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long)
 
 
-def train_tiny_t5(out: Path, steps: int = 300, batch: int = 64, seed: int = 0, progress=None) -> dict:
+def train_tiny_t5(out: Path, steps: int = 400, batch: int = 48, seed: int = 0, progress=None, lr: float = 4e-3) -> dict:
     """Train the tiny T5 on number -> words and save it plus spiece.model into `out`."""
     from transformers import T5Config, T5ForConditionalGeneration
     sp_path = train_sentencepiece(out / "spiece")
@@ -329,8 +329,8 @@ def train_tiny_t5(out: Path, steps: int = 300, batch: int = 64, seed: int = 0, p
     train_nums, _ = t5_split(seed=seed)
     pairs = t5_pairs(train_nums)
     enc = [(tok.encode(a), tok.encode(b)) for a, b in pairs]
-    opt = torch.optim.AdamW(model.parameters(), lr=4e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=4e-3, total_steps=steps, pct_start=0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     rng = random.Random(seed)
     losses = []
     it = range(steps) if progress is None else progress(range(steps), desc="train tiny T5")
@@ -354,16 +354,34 @@ def train_tiny_t5(out: Path, steps: int = 300, batch: int = 64, seed: int = 0, p
     return summary
 
 
+class _threads:
+    """Train on one thread: these models are so small that a second thread mostly adds synchronisation,
+    and on a busy machine spinning threads make it much slower."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)
+        return False
+
+
 def tiny_checkpoint(kind: str, steps: Optional[int] = None, progress=None) -> Path:
     """The cached tiny checkpoint folder for kind 'gptj' or 't5' (trained on first use)."""
     if kind == "gptj":
         steps = steps or 250
         key = _key(["gptj", GPTJ_TINY, steps, "v2"])
-        return _atomic_dir(cache_dir() / f"gptj_tiny-{key}", lambda d: train_tiny_gptj(d, steps=steps, progress=progress))
+        with _threads(1):
+            return _atomic_dir(cache_dir() / f"gptj_tiny-{key}", lambda d: train_tiny_gptj(d, steps=steps, progress=progress))
     if kind == "t5":
-        steps = steps or 300
-        key = _key(["t5", T5_TINY, steps, "v1"])
-        return _atomic_dir(cache_dir() / f"t5_tiny-{key}", lambda d: train_tiny_t5(d, steps=steps, progress=progress))
+        steps = steps or 400
+        key = _key(["t5", T5_TINY, steps, "v2"])
+        with _threads(1):
+            return _atomic_dir(cache_dir() / f"t5_tiny-{key}", lambda d: train_tiny_t5(d, steps=steps, progress=progress))
     raise ValueError(f"kind={kind!r}; use 'gptj' or 't5'")
 
 

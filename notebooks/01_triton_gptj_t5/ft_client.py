@@ -1,0 +1,204 @@
+"""Talking to the Triton server with tritonclient (HTTP and gRPC): text in/out, T5 requests, the READY
+table, statistics, malformed requests and a small bounded load run."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+
+def client(url: str, protocol: str = "http"):
+    if protocol == "http":
+        import tritonclient.http as tc
+        return tc.InferenceServerClient(url=url, concurrency=1)
+    if protocol == "grpc":
+        import tritonclient.grpc as tc
+        return tc.InferenceServerClient(url=url)
+    raise ValueError(f"protocol={protocol!r}; use 'http' or 'grpc'")
+
+
+def _mod(protocol: str):
+    if protocol == "http":
+        import tritonclient.http as tc
+    else:
+        import tritonclient.grpc as tc
+    return tc
+
+
+def _input(protocol: str, name: str, arr: np.ndarray, datatype: Optional[str] = None):
+    from tritonclient.utils import np_to_triton_dtype
+    tc = _mod(protocol)
+    dt = datatype or ("BYTES" if arr.dtype == object else np_to_triton_dtype(arr.dtype))
+    x = tc.InferInput(name, list(arr.shape), dt)
+    x.set_data_from_numpy(arr)
+    return x
+
+
+def ready_table(c) -> "object":
+    """The blog's model table: name, version, status (READY / UNAVAILABLE ...)."""
+    import pandas as pd
+    idx = c.get_model_repository_index()
+    rows = []
+    for m in idx if isinstance(idx, list) else idx.models:
+        get = (lambda k: m.get(k, "")) if isinstance(m, dict) else (lambda k: getattr(m, k, ""))
+        rows.append({"model": get("name"), "version": get("version"), "state": get("state"), "reason": get("reason")})
+    return pd.DataFrame(rows).set_index("model")
+
+
+def gptj_text(c, protocol: str, prompts: Sequence[str], output_len: int, top_k: Optional[int] = None,
+              top_p: Optional[float] = None, seed: Optional[int] = None, model: str = "ensemble") -> List[str]:
+    """Text in, text out through the ensemble (preprocessing -> gptj -> postprocessing)."""
+    b = len(prompts)
+    inputs = [_input(protocol, "INPUT_0", np.array([[p.encode()] for p in prompts], dtype=object)),
+              _input(protocol, "INPUT_1", np.full((b, 1), output_len, dtype=np.uint32))]
+    if top_k is not None:
+        inputs.append(_input(protocol, "runtime_top_k", np.full((b, 1), top_k, dtype=np.uint32)))
+    if top_p is not None:
+        inputs.append(_input(protocol, "runtime_top_p", np.full((b, 1), top_p, dtype=np.float32)))
+    if seed is not None:
+        inputs.append(_input(protocol, "random_seed", np.full((b, 1), seed, dtype=np.uint64)))
+    res = c.infer(model, inputs)
+    return [t.decode() for t in res.as_numpy("OUTPUT_0").reshape(-1)]
+
+
+def gptj_ids(c, protocol: str, prompts: Sequence[Sequence[int]], output_len: int, end_id: int = 50256):
+    """FT's interface of the model itself: ids in, (output_ids [b, 1, T], sequence_length [b, 1]) out."""
+    b, n = len(prompts), max(len(p) for p in prompts)
+    ids = np.full((b, n), end_id, dtype=np.uint32)
+    for i, p in enumerate(prompts):
+        ids[i, :len(p)] = p
+    inputs = [_input(protocol, "input_ids", ids),
+              _input(protocol, "input_lengths", np.array([[len(p)] for p in prompts], dtype=np.uint32)),
+              _input(protocol, "request_output_len", np.full((b, 1), output_len, dtype=np.uint32))]
+    res = c.infer("gptj", inputs)
+    return res.as_numpy("output_ids"), res.as_numpy("sequence_length")
+
+
+def t5_request(c, protocol: str, token_ids: Sequence[Sequence[int]], max_output_len: int, beam_width: int = 1):
+    """The blog's T5 request: the client tokenizes, the server runs the model with FT's input names."""
+    b, n = len(token_ids), max(len(t) for t in token_ids)
+    ids = np.zeros((b, n), dtype=np.uint32)
+    for i, t in enumerate(token_ids):
+        ids[i, :len(t)] = t
+    inputs = [_input(protocol, "input_ids", ids),
+              _input(protocol, "sequence_length", np.array([[len(t)] for t in token_ids], dtype=np.uint32)),
+              _input(protocol, "max_output_len", np.full((b, 1), max_output_len, dtype=np.uint32))]
+    if beam_width != 1:
+        inputs.append(_input(protocol, "beam_width", np.full((b, 1), beam_width, dtype=np.uint32)))
+    res = c.infer("t5", inputs)
+    return res.as_numpy("output_ids"), res.as_numpy("sequence_length"), res.as_numpy("cum_log_probs")
+
+
+def malformed_requests(c, protocol: str, limit: int) -> "object":
+    """Send four bad requests; each must fail with a clear message while the server stays ready."""
+    import pandas as pd
+    from tritonclient.utils import InferenceServerException
+    ok_ids = np.array([[464, 3139, 286, 8031, 318]], dtype=np.uint32)
+    cases = {
+        "wrong dtype (input_ids INT32)": ("gptj", [
+            _input(protocol, "input_ids", ok_ids.astype(np.int32)),
+            _input(protocol, "input_lengths", np.array([[5]], dtype=np.uint32)),
+            _input(protocol, "request_output_len", np.array([[4]], dtype=np.uint32))]),
+        "wrong shape (input_lengths [1, 2])": ("gptj", [
+            _input(protocol, "input_ids", ok_ids),
+            _input(protocol, "input_lengths", np.array([[5, 5]], dtype=np.uint32)),
+            _input(protocol, "request_output_len", np.array([[4]], dtype=np.uint32))]),
+        "empty prompt": ("ensemble", [
+            _input(protocol, "INPUT_0", np.array([[b""]], dtype=object)),
+            _input(protocol, "INPUT_1", np.array([[4]], dtype=np.uint32))]),
+        f"output length over the limit ({limit * 100})": ("ensemble", [
+            _input(protocol, "INPUT_0", np.array([[b"Hello world"]], dtype=object)),
+            _input(protocol, "INPUT_1", np.array([[limit * 100]], dtype=np.uint32))]),
+    }
+    rows = []
+    for case, (model, inputs) in cases.items():
+        try:
+            c.infer(model, inputs)
+            msg, failed = "(no error)", False
+        except InferenceServerException as exc:
+            msg, failed = exc.message(), True
+        rows.append({"request": case, "model": model, "rejected": failed, "error": msg,
+                     "server ready after": bool(c.is_server_ready())})
+    return pd.DataFrame(rows).set_index("request")
+
+
+def load_run(url: str, prompts: Sequence[str], output_len: int, concurrency: int = 4, requests: int = 32,
+             protocol: str = "http", progress=None) -> dict:
+    """`requests` ensemble requests from `concurrency` threads (each with its own client); latency
+    percentiles, throughput and failures."""
+    lat, errors = [], []
+    lock = threading.Lock()
+    counter = iter(range(requests))
+    bar = progress(total=requests, desc="load run") if progress else None
+
+    def work():
+        c = client(url, protocol)
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                break
+            t0 = time.perf_counter()
+            try:
+                gptj_text(c, protocol, [prompts[i % len(prompts)]], output_len)
+                with lock:
+                    lat.append(time.perf_counter() - t0)
+            except Exception as exc:  # counted, reported
+                with lock:
+                    errors.append(str(exc))
+            if bar:
+                bar.update(1)
+        c.close()
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=work) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if bar:
+        bar.close()
+    a = np.array(lat) * 1e3 if lat else np.array([float("nan")])
+    return {"requests": requests, "concurrency": concurrency, "failed": len(errors), "errors": errors[:3],
+            "p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
+            "p99_ms": float(np.percentile(a, 99)), "throughput_rps": len(lat) / wall, "wall_s": wall}
+
+
+def batching_stats(c, model: str) -> dict:
+    """Inference count vs execution count: > 1 request per execution means dynamic batching merged them."""
+    st = c.get_inference_statistics(model)
+    s = st["model_stats"][0] if isinstance(st, dict) else st.model_stats[0]
+    get = (lambda k: s[k]) if isinstance(s, dict) else (lambda k: getattr(s, k))
+    inf, exe = int(get("inference_count")), int(get("execution_count"))
+    return {"model": model, "inference_count": inf, "execution_count": exe,
+            "requests_per_execution": inf / exe if exe else float("nan")}
+
+
+def _model_time(c, model: str):
+    st = c.get_inference_statistics(model)
+    s = st["model_stats"][0]["inference_stats"] if isinstance(st, dict) else None
+    if s is None:  # gRPC answers a protobuf
+        s = st.model_stats[0].inference_stats
+        ns = s.compute_input.ns + s.compute_infer.ns + s.compute_output.ns
+        return ns, s.success.count
+    return s["compute_input"]["ns"] + s["compute_infer"]["ns"] + s["compute_output"]["ns"], s["success"]["count"]
+
+
+def served_overhead(c, protocol: str, prompt: Sequence[int], output_len: int, repeat: int = 7) -> dict:
+    """Triton's own cost per request: the client's latency minus the time the server spent inside the
+    model (its compute_input + compute_infer + compute_output statistics over exactly these requests)."""
+    gptj_ids(c, protocol, [prompt], output_len)  # warm
+    ns0, n0 = _model_time(c, "gptj")
+    lat = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        gptj_ids(c, protocol, [prompt], output_len)
+        lat.append(time.perf_counter() - t0)
+    ns1, n1 = _model_time(c, "gptj")
+    client_ms = float(np.mean(lat)) * 1e3
+    model_ms = (ns1 - ns0) / max(n1 - n0, 1) / 1e6
+    return {"client_ms": client_ms, "model_ms": model_ms, "overhead_ms": client_ms - model_ms,
+            "overhead_fraction": (client_ms - model_ms) / model_ms}
