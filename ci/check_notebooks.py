@@ -7,7 +7,8 @@ Fails (exit 1, one line per problem) when a notebook
 - has an unexplained skip (`NBVAL_SKIP`, `raises-exception` or `pytest.skip` without a reason);
 - is committed without outputs (a code cell never executed), or with an error output, or with
   papermill's injected-parameters cell;
-- lacks an Exercises section, or is not listed in ci/metadata.yml.
+- lacks an Exercises section or its solutions (solutions.py, run by tests/test_solutions.py),
+  or is not listed in ci/metadata.yml.
 """
 from __future__ import annotations
 
@@ -83,6 +84,9 @@ def check(path: Path, meta: dict) -> list:
                 problems.append(f"code cell {i} is committed with an error output ({out.get('ename')})")
     if not any(c.cell_type == "markdown" and re.search(r"^#+\s*Exercises", c.source, re.M | re.I) for c in cells):
         problems.append("no '## Exercises' section")
+    for needed in ("solutions.py", "tests/test_solutions.py"):
+        if not (path.parent / needed).exists():
+            problems.append(f"no {needed}: exercise solutions live apart and are run by the tests")
     if path.parent.name not in meta:
         problems.append("not listed in ci/metadata.yml")
     return problems
