@@ -15,11 +15,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".venv"
 LOCK = ROOT / "requirements" / "lock.txt"
+NODEPS = ROOT / "requirements" / "nodeps.txt"  # packages whose declared requirements would break the pins
 STAMP = VENV / ".labkit-installed"
 
 
 def digest() -> str:
     h = hashlib.sha256(LOCK.read_bytes())
+    h.update(NODEPS.read_bytes())
     h.update(Path(__file__).read_bytes())
     h.update((ROOT / "shared" / "pyproject.toml").read_bytes())
     return h.hexdigest()
@@ -40,6 +42,7 @@ def main() -> int:
     py = str(VENV / "bin" / "python")
     run(py, "-m", "pip", "install", "-q", "--upgrade", "pip==26.3", "setuptools==84.2.1", "wheel")
     run(py, "-m", "pip", "install", "-q", "-r", str(LOCK))
+    run(py, "-m", "pip", "install", "-q", "--no-deps", "-r", str(NODEPS))
     run(py, "-m", "pip", "install", "-q", "--no-deps", "-e", str(ROOT / "shared"))
     run(py, "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3", "--display-name", "Python 3 (labkit)")
     STAMP.write_text(want + "\n")

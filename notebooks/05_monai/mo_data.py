@@ -130,12 +130,22 @@ def random_subject(tpl: Template, rng: np.random.Generator, max_rot_deg: float =
     return t1.astype(np.float32), label
 
 
-def write_subjects(tpl: Template, out_dir: Path, n: int, seed: int, prefix: str = "subj") -> List[Dict[str, str]]:
+def _write_one(args) -> None:
+    import nibabel as nib
+    tpl, seed, i, paths = args
+    img, lab = random_subject(tpl, np.random.default_rng([seed, i]))
+    for arr, path in zip((img, lab), paths):
+        tmp = Path(path).with_name(".tmp_" + Path(path).name)
+        nib.save(nib.Nifti1Image(arr, tpl.affine), str(tmp))
+        tmp.replace(path)
+
+
+def write_subjects(tpl: Template, out_dir: Path, n: int, seed: int, prefix: str = "subj",
+                   workers: int = 1) -> List[Dict[str, str]]:
     """Write n subjects as NIfTI (image + label) and return MONAI-style datalist dicts.
 
     Re-uses files written before with the same parameters (a small JSON manifest records them).
     """
-    import nibabel as nib
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = out_dir / f"{prefix}_manifest.json"
@@ -145,13 +155,14 @@ def write_subjects(tpl: Template, out_dir: Path, n: int, seed: int, prefix: str 
     if manifest.exists() and json.loads(manifest.read_text()) == key and all(
             Path(it["image"]).exists() and Path(it["label"]).exists() for it in items):
         return items
-    for i, it in enumerate(items):
-        rng = np.random.default_rng([seed, i])
-        img, lab = random_subject(tpl, rng)
-        for arr, path in ((img, it["image"]), (lab, it["label"])):
-            tmp = Path(path).with_name(".tmp_" + Path(path).name)
-            nib.save(nib.Nifti1Image(arr, tpl.affine), str(tmp))
-            tmp.replace(path)
+    jobs = [(tpl, seed, i, (it["image"], it["label"])) for i, it in enumerate(items)]
+    if workers > 1:
+        import multiprocessing as mp
+        with mp.get_context("fork").Pool(workers) as pool:
+            pool.map(_write_one, jobs)
+    else:
+        for job in jobs:
+            _write_one(job)
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text(json.dumps(key))
     tmp.replace(manifest)

@@ -129,11 +129,13 @@ def make_loaders(cfg: Config, train_items: Sequence[dict], val_items: Sequence[d
     if cfg.recipe == "fast":
         tfm = T.train_transforms(cfg.pixdim, cfg.roi, cfg.num_samples,
                                  device=device if device.startswith("cuda") else None)
+        tfm.set_random_state(seed=cfg.seed + rank)     # MONAI's random transforms carry their own RNG
         ds = CacheDataset(items, tfm, cache_rate=1.0, num_workers=cfg.cache_workers, progress=False,
                           copy_cache=False)
         loader = ThreadDataLoader(ds, batch_size=cfg.batch_size, shuffle=True, num_workers=0)
     elif cfg.recipe == "regular":
         tfm = T.train_transforms(cfg.pixdim, cfg.roi, cfg.num_samples, device=None)
+        tfm.set_random_state(seed=cfg.seed + rank)     # worker processes are re-seeded from torch's seed
         ds = Dataset(items, tfm)
         loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
                             pin_memory=device.startswith("cuda"), persistent_workers=cfg.num_workers > 0)
@@ -206,6 +208,8 @@ def fit(cfg: Config, train_items: Sequence[dict], val_items: Sequence[dict], dev
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     use_amp = cfg.amp and device.startswith("cuda")
+    if device.startswith("cuda"):     # the fast recipe lets cuDNN pick the fastest kernels for the fixed patch size
+        torch.backends.cudnn.benchmark = cfg.recipe == "fast"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     train_start = time.perf_counter()
     epochs = range(cfg.epochs)

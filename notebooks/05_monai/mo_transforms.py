@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import torch
 from monai.transforms import (
-    Compose, CropForegroundd, EnsureChannelFirstd, EnsureTyped, LoadImaged, NormalizeIntensityd,
+    ClassesToIndicesd, Compose, CropForegroundd, EnsureChannelFirstd, EnsureTyped, LoadImaged, NormalizeIntensityd,
     Orientationd, RandAffined, RandCropByLabelClassesd, Spacingd,
 )
 
@@ -26,7 +26,7 @@ def deterministic(pixdim: float, keys: Sequence[str] = KEYS, margin: int = 4) ->
     out = [
         LoadImaged(keys=list(keys), image_only=False),
         EnsureChannelFirstd(keys=list(keys)),
-        Orientationd(keys=list(keys), axcodes="RAS"),
+        Orientationd(keys=list(keys), axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         Spacingd(keys=list(keys), pixdim=(pixdim,) * 3,
                  mode=("bilinear", "nearest") if has_label else ("bilinear",)),
         NormalizeIntensityd(keys="image", nonzero=True),
@@ -35,6 +35,12 @@ def deterministic(pixdim: float, keys: Sequence[str] = KEYS, margin: int = 4) ->
     if has_label:
         out.append(EnsureTyped(keys="label", dtype=torch.uint8))
     return out
+
+
+def class_indices(num_classes: int = 3) -> list:
+    """Where each class lies in the volume, computed once (and cached) instead of at every random crop.
+    MONAI's fast_training_tutorial does the same with FgBgToIndicesd."""
+    return [ClassesToIndicesd(keys="label", num_classes=num_classes, indices_postfix="_cls_indices")]
 
 
 def random_part(roi: int, num_samples: int, num_classes: int = 3, ratios: Optional[Sequence[float]] = None,
@@ -46,7 +52,7 @@ def random_part(roi: int, num_samples: int, num_classes: int = 3, ratios: Option
     return [
         RandCropByLabelClassesd(keys=list(KEYS), label_key="label", spatial_size=(roi,) * 3,
                                 num_classes=num_classes, ratios=ratios, num_samples=num_samples,
-                                allow_smaller=True),
+                                indices_key="label_cls_indices", allow_smaller=True),
         RandAffined(keys=list(KEYS), prob=prob, rotate_range=(r, r, r), scale_range=(scale,) * 3,
                     mode=("bilinear", "nearest"), padding_mode="zeros", spatial_size=(roi,) * 3),
     ]
@@ -57,7 +63,8 @@ def train_transforms(pixdim: float, roi: int, num_samples: int, device: Optional
     """Training pipeline. device='cuda' moves data to the GPU before the random transforms (fast recipe)."""
     to_device = [EnsureTyped(keys=list(KEYS), device=torch.device(device), track_meta=False)] if device else [
         EnsureTyped(keys=list(KEYS), track_meta=False)]
-    return Compose(deterministic(pixdim) + to_device + random_part(roi, num_samples, num_classes))
+    return Compose(deterministic(pixdim) + class_indices(num_classes) + to_device
+                   + random_part(roi, num_samples, num_classes))
 
 
 def val_transforms(pixdim: float, device: Optional[str] = None) -> Compose:

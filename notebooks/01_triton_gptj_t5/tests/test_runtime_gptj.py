@@ -5,7 +5,7 @@ import torch
 
 import ft_gemm
 import ft_runtime_gptj as rg
-from ft_runtime_common import TPEngine, sample
+from ft_runtime_common import TPEngine, linear, sample
 
 TOL = 1e-4
 PROMPTS = [[464, 3139, 286, 4881, 318], [15496, 995], [40, 1101, 257]]
@@ -102,3 +102,37 @@ def test_tp2_with_gloo_matches_hf(gptj_model, ft_dirs):
     tp1 = rg.GPTJRuntime.from_checkpoint(ft_dirs[("gptj", 1)], max_len=64).generate(PROMPTS, 6, stop_at_end=False)[0]
     assert torch.equal(toks, tp1)
     assert not any(p.is_alive() for p in procs)
+
+
+def test_decode_paths_agree(ft_dirs, rt):
+    """The fused decode step (eager, over the filled cache), the same step over the whole masked cache
+    (the fixed shapes a CUDA graph / torch.compile needs) and the older unfused step give the same tokens."""
+    ref = rt.generate(PROMPTS, 6, stop_at_end=False)[0]
+    other = rg.GPTJRuntime.from_checkpoint(ft_dirs[("gptj", 1)], max_len=64)
+    other.static_decode = True
+    assert torch.equal(other.generate(PROMPTS, 6, stop_at_end=False)[0], ref)
+    for impl in ("bmm", "reduce"):
+        other.decode_attn = impl
+        assert torch.equal(other.generate(PROMPTS, 6, stop_at_end=False)[0], ref), impl
+    other.static_decode, other.fused_step = False, False
+    assert torch.equal(other.generate(PROMPTS, 6, stop_at_end=False)[0], ref)
+
+
+def test_merged_gemms_are_views_of_one_weight(rt):
+    w = rt.layers[0]
+    assert w["qkv"].untyped_storage().data_ptr() == w["w1"].untyped_storage().data_ptr()
+    assert w["fc_out"].untyped_storage().data_ptr() == w["w2"].untyped_storage().data_ptr()
+    h, lay = torch.randn(2, rt.d), rt.layout
+    ref = torch.cat([linear(h, w["qkv"], None, lay["qkv"]), linear(h, w["fc_in"], w["fc_in_b"], lay["ffn1"])], dim=1)
+    assert torch.allclose(linear(h, w["w1"], w["b1"], lay["in"]), ref, atol=1e-5)
+
+
+def test_compiled_decode_step_matches_eager(ft_dirs, rt):
+    """torch.compile (Inductor, here its CPU backend) of the decode step: the same greedy tokens."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    comp = rg.GPTJRuntime.from_checkpoint(ft_dirs[("gptj", 1)], max_len=64, compile=True)
+    assert comp.static_decode and not comp.cuda_graph and comp.decode_attn == "reduce"
+    toks, lens = comp.generate(PROMPTS, 6, stop_at_end=False)
+    assert comp.compile, "torch.compile fell back to eager"
+    assert torch.equal(toks, rt.generate(PROMPTS, 6, stop_at_end=False)[0]) and lens.tolist() == [6, 6, 6]

@@ -1,0 +1,71 @@
+"""Data-parallel training across the GPUs of one machine: `torchrun --nproc_per_node=N mo_ddp.py ...`.
+
+Each process takes one GPU (LOCAL_RANK), its own shard of the training subjects, and a DDP-wrapped copy
+of the network; gradients are averaged with NCCL (gloo on CPU). Rank 0 validates, writes the checkpoint
+and the training history. `launch()` starts it from Python (the notebook) and waits.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional, Sequence
+
+HERE = Path(__file__).resolve().parent
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--spec", required=True, help="JSON: {config, train_items, val_items}")
+    ap.add_argument("--out", required=True, help="folder for checkpoint.pt and history.json")
+    a = ap.parse_args(argv)
+    import torch
+    import torch.distributed as dist
+    sys.path.insert(0, str(HERE))
+    import mo_train
+    spec = json.loads(Path(a.spec).read_text())
+    cfg = mo_train.Config(**spec["config"])
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        device, backend = f"cuda:{local}", "nccl"
+    else:
+        device, backend = "cpu", "gloo"
+    dist.init_process_group(backend)
+    try:
+        out = Path(a.out)
+        _, hist = mo_train.fit(cfg, spec["train_items"], spec["val_items"], device,
+                               checkpoint=out / "checkpoint.pt")
+        if dist.get_rank() == 0:
+            (out / "history.json").write_text(hist.to_json())
+            print(f"rank 0 of {dist.get_world_size()}: epochs {len(hist.epoch_seconds)}, "
+                  f"last dice {hist.val_dice[-1] if hist.val_dice else None}", flush=True)
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+def launch(cfg, train_items, val_items, out: Path, nproc: int, timeout: Optional[float] = None):
+    """Run mo_ddp.py under torchrun with `nproc` processes; return (History, checkpoint path)."""
+    import mo_train
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = out / "spec.json"
+    spec.write_text(json.dumps({"config": asdict(cfg), "train_items": list(train_items),
+                                "val_items": list(val_items)}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(HERE / "mo_ddp.py"), "--spec", str(spec), "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "4"))
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"DDP training failed (exit {res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}")
+    hist = mo_train.History.from_json((out / "history.json").read_text())
+    return hist, out / "checkpoint.pt", res.stdout
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
