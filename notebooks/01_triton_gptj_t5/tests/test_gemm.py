@@ -11,8 +11,8 @@ def test_config_round_trip_and_plan(tmp_path):
     back = ft_gemm.read_config(path)
     assert [(r["phase"], r["gemm"], r["m"], r["n"], r["k"], r["impl"]) for r in back] == \
            [(r["phase"], r["gemm"], r["m"], r["n"], r["k"], r["impl"]) for r in rows]
-    for r in back:
-        assert r["impl"] == min(r["candidates"], key=r["candidates"].get)
+    for r in back:  # the chosen implementation is a fastest one (the file rounds to 0.1 us, so ties can appear)
+        assert r["candidates"][r["impl"]] == min(r["candidates"].values())
     plan = ft_gemm.plan_from_config(path)
     decode = {r["gemm"]: r["impl"] for r in back if r["phase"] == "decode"}
     assert plan["qkv"]["layout"] == decode["qkv"] and plan["attention"]["impl"] == decode["attention"]
