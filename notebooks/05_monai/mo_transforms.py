@@ -44,8 +44,12 @@ def class_indices(num_classes: int = 3) -> list:
 
 
 def random_part(roi: int, num_samples: int, num_classes: int = 3, ratios: Optional[Sequence[float]] = None,
-                rotate_deg: float = 10.0, scale: float = 0.1, prob: float = 0.5) -> list:
-    """The random part: crops balanced over classes, then a random affine (image bilinear, label nearest)."""
+                rotate_deg: float = 10.0, scale: float = 0.1, prob: float = 0.5, device: Optional[str] = None) -> list:
+    """The random part: crops balanced over classes, then a random affine (image bilinear, label nearest).
+
+    device (fast recipe): `RandAffined` builds its sampling grid there and keeps the identity grid cached
+    (`cache_grid`). Without it MONAI builds the roi^3 grid on the CPU for every patch and copies it to the
+    GPU before resampling (about a third of the epoch on an H100, see results/fast_bench.full.json)."""
     import math
     ratios = list(ratios) if ratios is not None else [1.0] * num_classes
     r = math.radians(rotate_deg)
@@ -54,7 +58,8 @@ def random_part(roi: int, num_samples: int, num_classes: int = 3, ratios: Option
                                 num_classes=num_classes, ratios=ratios, num_samples=num_samples,
                                 indices_key="label_cls_indices", allow_smaller=True),
         RandAffined(keys=list(KEYS), prob=prob, rotate_range=(r, r, r), scale_range=(scale,) * 3,
-                    mode=("bilinear", "nearest"), padding_mode="zeros", spatial_size=(roi,) * 3),
+                    mode=("bilinear", "nearest"), padding_mode="zeros", spatial_size=(roi,) * 3,
+                    **({"device": torch.device(device), "cache_grid": True} if device else {})),
     ]
 
 
@@ -64,7 +69,7 @@ def train_transforms(pixdim: float, roi: int, num_samples: int, device: Optional
     to_device = [EnsureTyped(keys=list(KEYS), device=torch.device(device), track_meta=False)] if device else [
         EnsureTyped(keys=list(KEYS), track_meta=False)]
     return Compose(deterministic(pixdim) + class_indices(num_classes) + to_device
-                   + random_part(roi, num_samples, num_classes))
+                   + random_part(roi, num_samples, num_classes, device=device))
 
 
 def val_transforms(pixdim: float, device: Optional[str] = None) -> Compose:
