@@ -99,3 +99,18 @@ def _build(cls, cfg, dtype, device):
 
 def weight_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def graph_replay_ms(rt, iters: int = 50) -> Optional[float]:
+    """GPU time of one replay of a runtime's captured batch-1 decode step (CUDA events); None if none was captured."""
+    g = rt._graphs.get(1, {}).get("graph")
+    if g is None:
+        return None
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    g.replay()
+    start.record()
+    for _ in range(iters):
+        g.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters

@@ -75,17 +75,6 @@ def kernel_breakdown(rt, top: int = 12) -> list:
     return [("TOTAL kernel ms per step", total, sum(r[2] for r in rows))] + [(k[:90], t, c) for k, t, c in rows[:top]]
 
 
-def graph_replay_ms(rt, iters: int = 50) -> float:
-    """GPU time of one replay of the captured decode step (batch 1), by CUDA events."""
-    g = rt._graphs[1]["graph"]
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    g.replay()
-    start.record()
-    for _ in range(iters):
-        g.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
 
 
 def gptj_gpu(big, prompt_ids: torch.Tensor, new_tokens: int = 64, plan: Optional[dict] = None, repeat: int = 3,
@@ -127,7 +116,7 @@ def gptj_gpu(big, prompt_ids: torch.Tensor, new_tokens: int = 64, plan: Optional
             bench[name] = ft_bench.runtime_gptj(rt, prompt, new_tokens, device, repeat=repeat if graph else 2)
             bench[name]["setup_s"] = first
             if graph:
-                bench[name]["graph_replay_ms"] = graph_replay_ms(rt)
+                bench[name]["graph_replay_ms"] = ft_bench.graph_replay_ms(rt)
             if name == profile_key:
                 checks[f"{name}: kernels"] = kernel_breakdown(rt)
                 for row in checks[f"{name}: kernels"]:

@@ -80,6 +80,22 @@ def make_generator(seed: Optional[int], device) -> Optional[torch.Generator]:
 
 # ---------------------------------------------------------------- tensor-parallel group
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class RankFactory:
+    """A picklable builder for TPEngine: each rank loads its own slice of an FT checkpoint with
+    `runtime_cls.from_checkpoint(...)`, on cuda:<rank> when the device is CUDA."""
+
+    def __init__(self, runtime_cls, ckpt: str, dtype_name: str, device: str, **kwargs):
+        self.runtime_cls, self.ckpt, self.dtype_name, self.device, self.kwargs = runtime_cls, ckpt, dtype_name, device, kwargs
+
+    def __call__(self, rank: int, size: int, tp: "TP"):
+        dev = f"cuda:{rank}" if self.device.startswith("cuda") else self.device
+        return self.runtime_cls.from_checkpoint(self.ckpt, rank=rank, tp=tp, dtype=DTYPES[self.dtype_name],
+                                                device=dev, **self.kwargs)
+
+
 class TP:
     """The tensor-parallel group a runtime reduces over (size 1: no communication)."""
 

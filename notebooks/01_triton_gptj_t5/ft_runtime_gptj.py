@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import ft_convert
-from ft_runtime_common import TP, attention, linear, make_generator, prepare_weight, sample
+from ft_runtime_common import TP, RankFactory, attention, linear, make_generator, prepare_weight, sample
 
 GEMMS = ("qkv", "attn_out", "ffn1", "ffn2", "logits")
 
@@ -372,19 +372,8 @@ class GPTJRuntime:
 def factory(ckpt: str, dtype_name: str = "fp32", device: str = "cpu", gemm_plan=None, max_batch: int = 8,
             max_len: Optional[int] = None, cuda_graph: bool = False):
     """A picklable builder for TPEngine: each rank reads its own slice of the FT checkpoint."""
-    return _Factory(ckpt, dtype_name, device, gemm_plan, max_batch, max_len, cuda_graph)
-
-
-class _Factory:
-    def __init__(self, *args):
-        self.args = args
-
-    def __call__(self, rank: int, size: int, tp: TP) -> GPTJRuntime:
-        ckpt, dtype_name, device, plan, max_batch, max_len, graph = self.args
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
-        dev = f"cuda:{rank}" if device.startswith("cuda") else device
-        return GPTJRuntime.from_checkpoint(ckpt, rank=rank, tp=tp, dtype=dtype, device=dev, gemm_plan=plan,
-                                           max_batch=max_batch, max_len=max_len, cuda_graph=graph)
+    return RankFactory(GPTJRuntime, ckpt, dtype_name, device, gemm_plan=gemm_plan, max_batch=max_batch,
+                       max_len=max_len, cuda_graph=cuda_graph)
 
 
 def decode_text(tokenizer, tokens: torch.Tensor, lengths: torch.Tensor, end_id: int) -> List[str]:

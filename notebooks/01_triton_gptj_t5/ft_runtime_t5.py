@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import ft_convert
-from ft_runtime_common import TP, attention, linear, make_generator, prepare_weight, sample
+from ft_runtime_common import TP, RankFactory, attention, linear, make_generator, prepare_weight, sample
 
 GEMMS = ("qkv", "attn_out", "ffn1", "ffn2", "logits")
 NEG = torch.finfo(torch.float32).min
@@ -354,19 +354,8 @@ class T5Runtime:
 
 def factory(ckpt: str, dtype_name: str = "fp32", device: str = "cpu", gemm_plan=None, max_batch: int = 8,
             max_out: int = 64, cuda_graph: bool = False):
-    return _Factory(ckpt, dtype_name, device, gemm_plan, max_batch, max_out, cuda_graph)
-
-
-class _Factory:
-    def __init__(self, *args):
-        self.args = args
-
-    def __call__(self, rank: int, size: int, tp: TP) -> T5Runtime:
-        ckpt, dtype_name, device, plan, max_batch, max_out, graph = self.args
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
-        dev = f"cuda:{rank}" if device.startswith("cuda") else device
-        return T5Runtime.from_checkpoint(ckpt, rank=rank, tp=tp, dtype=dtype, device=dev, gemm_plan=plan,
-                                         max_batch=max_batch, max_out=max_out, cuda_graph=graph)
+    return RankFactory(T5Runtime, ckpt, dtype_name, device, gemm_plan=gemm_plan, max_batch=max_batch,
+                       max_out=max_out, cuda_graph=cuda_graph)
 
 
 def decode_texts(tokenizer, tokens: torch.Tensor, lengths: torch.Tensor, beam: int = 0):

@@ -42,11 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ft_bench  # noqa: E402
 import ft_convert  # noqa: E402
 import ft_runtime_gptj  # noqa: E402
-from ft_runtime_common import TP, free_port  # noqa: E402
+from ft_runtime_common import DTYPES, TP, free_port  # noqa: E402
 
 # NVLink multicast (NVLS / symmetric-memory multicast) stays off: set for this process and every rank
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # the GEMM layouts the tuning chose on an H100 for batch 1 (as ft_gpu_bench.H100_PLAN)
 H100_PLAN = {g: {"layout": "kn"} for g in ft_runtime_gptj.GEMMS} | {"attention": {"impl": "sdpa"}}
 
@@ -98,18 +97,6 @@ def set_mode(rt, mode: str) -> None:
         torch._dynamo.reset()
 
 
-def graph_replay_ms(rt, iters: int = 50) -> Optional[float]:
-    g = rt._graphs.get(1, {}).get("graph")
-    if g is None:
-        return None
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    g.replay()
-    start.record()
-    for _ in range(iters):
-        g.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
 
 
 def measure(rt, prompt: list, new_tokens: int, repeat: int, sync) -> dict:
@@ -121,7 +108,7 @@ def measure(rt, prompt: list, new_tokens: int, repeat: int, sync) -> dict:
     r = ft_bench.runtime_gptj(rt, prompt, new_tokens, "cuda" if rt.device.type == "cuda" else "cpu", repeat=repeat)
     r["setup_s"] = setup
     if rt.device.type == "cuda" and rt.cuda_graph:
-        r["graph_replay_ms"] = graph_replay_ms(rt)
+        r["graph_replay_ms"] = ft_bench.graph_replay_ms(rt)
     r["compiled"] = bool(rt.compile)
     r["tokens"] = toks
     return r
