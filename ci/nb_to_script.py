@@ -17,6 +17,11 @@ import sys
 PRELUDE = '''\
 import sys as _sys, os as _os
 _sys.path.insert(0, _os.getcwd())
+# Like a notebook kernel, __main__ has no file: multiprocessing's "spawn" children then import what they need
+# instead of re-running this whole script (which would start the notebook again inside every child).
+import __main__ as _main
+if hasattr(_main, "__file__"):
+    del _main.__file__
 try:
     from IPython.display import display, Markdown, HTML  # noqa: F401
 except ImportError:  # no Jupyter here: show what would be displayed as text

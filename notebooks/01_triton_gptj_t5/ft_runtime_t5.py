@@ -7,7 +7,9 @@
   decoder), each rank holding the bias of its own heads;
 - greedy / top-k / top-p sampling with a seed, and beam search with a length penalty;
 - tensor parallelism: three all-reduces per decoder layer (self-attn out, cross-attn out, FFN out);
-- on CUDA the one-token decoder step is captured once as a CUDA graph and replayed.
+- on CUDA the one-token decoder step is compiled by torch.compile (Inductor fuses the RMS norms, the
+  relative-position bias and the residual adds: hundreds of tiny kernels a step become a few dozen),
+  captured once as a CUDA graph and replayed.
 """
 from __future__ import annotations
 
@@ -55,7 +57,8 @@ class T5Runtime:
     """
 
     def __init__(self, meta: dict, tensors: dict, tp: Optional[TP] = None, dtype=torch.float32, device="cpu",
-                 gemm_plan: Optional[dict] = None, max_batch: int = 8, max_out: int = 64, cuda_graph: bool = False):
+                 gemm_plan: Optional[dict] = None, max_batch: int = 8, max_out: int = 64, cuda_graph: bool = False,
+                 compile: Optional[bool] = None):
         self.m, self.tp = meta, tp or TP()
         if self.m["tensor_para_size"] != self.tp.size:
             raise ValueError(f"checkpoint was split for tensor_para_size={self.m['tensor_para_size']} but the "
@@ -100,6 +103,10 @@ class T5Runtime:
         self.act = {"relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
                     "gelu": F.gelu}.get(m["activation"], F.relu)
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        # torch.compile of the one-token decoder step: on by default with a CUDA graph (one rank); a compiled
+        # step attends over the whole cache (fixed shapes, later slots masked by the causal bias)
+        self.compile = (self.cuda_graph and self.tp.size == 1) if compile is None else bool(compile)
+        self._decoder_fn = None
         self._graphs = {}
         self._alloc(max_batch, 1)
 
@@ -205,10 +212,25 @@ class T5Runtime:
         return self.decoder(dec, slots, dec.shape[1], self.cross_bias).float()
 
     # -------------------------------------------------------------- one decode step
+    def _run_decoder(self, *args) -> torch.Tensor:
+        """The decoder step, compiled when `self.compile`; if compiling fails, warn once and run it eagerly."""
+        if not self.compile:
+            return self.decoder(*args)
+        if self._decoder_fn is None:
+            self._decoder_fn = torch.compile(self.decoder, fullgraph=True, dynamic=False)
+        try:
+            return self._decoder_fn(*args)
+        except Exception as e:  # noqa: BLE001 - e.g. no C++ compiler / Triton on this machine
+            import warnings
+            warnings.warn(f"torch.compile of the T5 decoder step failed ({type(e).__name__}: {e}); using eager ops")
+            self.compile = False
+            return self.decoder(*args)
+
     def _step(self, tok: torch.Tensor, t: int) -> torch.Tensor:
         if not self.cuda_graph:
             slots = torch.tensor([t], device=self.device)
-            return self.decoder(tok[:, None], slots, t + 1, self.cross_bias)[:, -1]
+            kv_len = self.max_out if self.compile else t + 1
+            return self._run_decoder(tok[:, None], slots, kv_len, self.cross_bias)[:, -1]
         b = tok.shape[0]
         g = self._graphs.get(b)
         if g is None:
@@ -221,7 +243,7 @@ class T5Runtime:
     def _capture(self, b: int) -> dict:
         g = {"tok": torch.zeros(b, 1, dtype=torch.long, device=self.device),
              "slot": torch.zeros(1, dtype=torch.long, device=self.device)}
-        run = lambda: self.decoder(g["tok"], g["slot"], self.max_out, self.cross_bias)[:, -1]
+        run = lambda: self._run_decoder(g["tok"], g["slot"], self.max_out, self.cross_bias)[:, -1]
         k0, v0 = self.k_cache.clone(), self.v_cache.clone()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())

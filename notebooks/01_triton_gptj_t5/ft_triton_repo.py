@@ -232,6 +232,8 @@ class TritonPythonModel:
             self.rt, self.engine = fac(0, 1, TP()), None
         else:
             self.rt, self.engine = None, TPEngine(fac, self.tp, device=device)
+        if p.get("warmup", "0") == "1":  # compile + capture the batch-1 decode step before the server is READY
+            self._call("generate", input_ids=[[1, 2, 3, 4]], max_new_tokens=2)
 
     def _call(self, method, **kw):
         if self.engine is None:
@@ -317,11 +319,13 @@ class TritonPythonModel:
 '''
 
 
-def build_repository(root: Path, gptj_ckpt: Path, t5_ckpt: Path, tokenizer_json: Path, tensor_para_size: int = 1,
-                     t5_tensor_para_size: int = 1, data_type: str = "fp32", device: str = "cpu",
-                     max_batch_size: int = 8, max_output_len: int = 32, gemm_config: Optional[Path] = None,
-                     num_threads: int = 1) -> Path:
-    """Write the whole model repository under `root` (replacing it) and return `root`."""
+def build_repository(root: Path, gptj_ckpt: Path, t5_ckpt: Optional[Path], tokenizer_json: Path,
+                     tensor_para_size: int = 1, t5_tensor_para_size: int = 1, data_type: str = "fp32",
+                     device: str = "cpu", max_batch_size: int = 8, max_output_len: int = 32,
+                     gemm_config: Optional[Path] = None, num_threads: int = 1, gptj_params: Optional[dict] = None) -> Path:
+    """Write the whole model repository under `root` (replacing it) and return `root`. Without `t5_ckpt`
+    the repository holds the GPT-J models only; `gptj_params` adds parameters to gptj's config
+    (e.g. warmup=1, max_seq_len)."""
     root = Path(root)
     if root.exists():
         shutil.rmtree(root)
@@ -348,10 +352,13 @@ def build_repository(root: Path, gptj_ckpt: Path, t5_ckpt: Path, tokenizer_json:
               "gemm_config": str(gemm_config or ""), "num_threads": num_threads}
     mods = [HERE / m for m in RUNTIME_MODULES]
     model("gptj", python_config("gptj", GPTJ_INPUTS, GPTJ_OUTPUTS, max_batch_size,
-                                dict(common, tensor_para_size=tensor_para_size, model_checkpoint_path=Path(gptj_ckpt).resolve()),
+                                dict(common, tensor_para_size=tensor_para_size, model_checkpoint_path=Path(gptj_ckpt).resolve(),
+                                     **(gptj_params or {})),
                                 kind), MODEL_PY.format(kind="gptj"), mods)
     model("ensemble", ensemble_config(max_batch_size), None)
     (root / "ensemble" / "1").mkdir(exist_ok=True)
+    if t5_ckpt is None:
+        return root
     model("t5", python_config("t5", T5_INPUTS, T5_OUTPUTS, max_batch_size,
                               dict(common, tensor_para_size=t5_tensor_para_size, model_checkpoint_path=Path(t5_ckpt).resolve()),
                               kind), MODEL_PY.format(kind="t5"), mods)
@@ -387,11 +394,14 @@ def server_home(cache: Path) -> Path:
 
 def server_env(threads: int = 1) -> dict:
     """The server's environment: the wheel's libraries and Python's LIBDIR on LD_LIBRARY_PATH (a pyenv
-    Python needs its own libpython), this venv's bin/ first on PATH (the stub runs the python3 it finds)."""
+    Python needs its own libpython), this venv's bin/ first on PATH (the stub runs the python3 it finds).
+    $TRITON_PYTHON_BIN names another bin/ folder for the stub's python3: a venv of the same Python version
+    with numpy < 2 (the bundled python backend breaks with numpy 2) where this one has numpy 2."""
     env = dict(os.environ)
     libs = [str(pytriton_dir().parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
     env["LD_LIBRARY_PATH"] = ":".join([p for p in libs if p] + [env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    stub_bin = os.environ.get("TRITON_PYTHON_BIN") or str(Path(sys.executable).parent)
+    env["PATH"] = stub_bin + os.pathsep + env.get("PATH", "")
     env["HF_HUB_OFFLINE"] = "1"
     env["OMP_NUM_THREADS"] = str(threads)
     env.pop("PYTHONPATH", None)
