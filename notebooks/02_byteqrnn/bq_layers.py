@@ -343,12 +343,13 @@ def fo_pool_loop(z, f, c0=None, quantize: bool = False):
     and f in [0, 1] make each product and the new state lie in [-1, 1] exactly, so the int8 model
     needs no float kernel (and no calibration) for the recurrence."""
     q = (lambda x, lo, hi: fake_quant(x, lo, hi)) if quantize else (lambda x, lo, hi: x)
-    T = z.shape[1]
     c = tf.zeros_like(z[:, 0]) if c0 is None else c0
-    one_minus_f = q(1.0 - f, 0.0, 1.0)
+    # the input term (1 - f_t) z_t for every t at once, and one unstack per sequence instead of a slice per
+    # step: the unrolled int8 graph then holds two ops a step (mul, add) - a smaller, faster TFLite file
+    u = q(q(1.0 - f, 0.0, 1.0) * z, -1.0, 1.0)
     out = []
-    for t in range(T):
-        c = q(q(f[:, t] * c, -1.0, 1.0) + q(one_minus_f[:, t] * z[:, t], -1.0, 1.0), -1.0, 1.0)
+    for f_t, u_t in zip(tf.unstack(f, axis=1), tf.unstack(u, axis=1)):
+        c = q(q(f_t * c, -1.0, 1.0) + u_t, -1.0, 1.0)
         out.append(c)
     return tf.stack(out, axis=1)
 
