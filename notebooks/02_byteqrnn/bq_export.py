@@ -16,18 +16,29 @@ import tensorflow as tf
 from labkit.paths import atomic_write_bytes
 
 
-def strip_names(buf: bytes) -> bytes:
-    """The flatbuffer without tensor/subgraph names and docstrings (the interpreter runs by tensor index):
-    the unrolled recurrence has thousands of tensors, and their names alone are ~0.3 MB at full size."""
+def compact_flatbuffer(buf: bytes) -> bytes:
+    """The same model in fewer bytes: tensor/subgraph names and docstrings removed (the interpreter runs by
+    tensor index), and every tensor without data pointed at the schema's empty sentinel buffer 0 instead of an
+    empty buffer of its own. The unrolled recurrence has ~2k tensors, so this is ~0.3 MB at full size."""
     from tensorflow.lite.tools import flatbuffer_utils
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(buf))
     flatbuffer_utils.strip_strings(model)
+    has_data = lambda b: (b.data is not None and len(b.data) > 0) or bool(getattr(b, "size", 0))
+    keep = sorted({0} | {i for i, b in enumerate(model.buffers) if has_data(b)}
+                  | {m.buffer for m in (model.metadata or [])})
+    new_index = {old: new for new, old in enumerate(keep)}
+    for sg in model.subgraphs:
+        for t in sg.tensors:
+            t.buffer = new_index.get(t.buffer, 0)
+    for m in model.metadata or []:
+        m.buffer = new_index[m.buffer]
+    model.buffers = [model.buffers[i] for i in keep]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def to_int8_tflite(model, max_len: int, representative: np.ndarray, path=None, strip: bool = True) -> bytes:
+def to_int8_tflite(model, max_len: int, representative: np.ndarray, path=None, compact: bool = True) -> bytes:
     """Convert `model` (ids [1, max_len] int32 -> logits) to a full-integer int8 flatbuffer
-    (with `strip`, without the names of its tensors: same outputs, smaller file)."""
+    (with `compact`, see compact_flatbuffer: the same outputs from a smaller file)."""
     @tf.function(input_signature=[tf.TensorSpec([1, max_len], tf.int32, name="byte_ids")])
     def serve(ids):
         return model(ids, training=False)
@@ -42,8 +53,8 @@ def to_int8_tflite(model, max_len: int, representative: np.ndarray, path=None, s
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_output_type = tf.int8     # the input stays int32 byte ids
     buf = conv.convert()
-    if strip:
-        buf = strip_names(buf)
+    if compact:
+        buf = compact_flatbuffer(buf)
     if path is not None:
         atomic_write_bytes(path, buf)
     return buf

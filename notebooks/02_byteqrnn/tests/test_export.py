@@ -26,5 +26,9 @@ def test_int8_export_agrees_with_keras():
     assert set(fops) <= {"CAST", "QUANTIZE", "DEQUANTIZE", "DELEGATE"} and fops.get("DEQUANTIZE", 0) <= 4
     keras_logits = T.predict_logits(model, x[:64])
     lite_logits = lite.predict(x[:64])
+    # the compacted flatbuffer (no names, data-less tensors on the sentinel buffer) is the same model
+    raw = E.to_int8_tflite(model, 32, x[:32], compact=False)
+    assert len(buf) < 0.9 * len(raw)
+    assert np.array_equal(E.TFLiteClassifier(raw).predict(x[:64]), lite_logits)
     d = E.disagreement(keras_logits, lite_logits)
     assert d["max_abs_prob_diff"] < 0.05 and d["decision_flip_rate"] <= 0.05

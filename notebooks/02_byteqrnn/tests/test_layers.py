@@ -209,6 +209,20 @@ def test_parallel_pooling_gradients_equal_loop():
             assert np.allclose(g_par, g_loop, atol=1e-3, rtol=1e-3)
 
 
+def test_bidirectional_stack_runs_both_directions_in_one_loop_exactly():
+    """BiQRNNStack pools both directions in one recurrence: the same outputs (8-bit fake quantization on)
+    as running each direction's QRNN layer on its own and concatenating."""
+    x = _embed(2, 12, 6)
+    mask = tf.constant(np.r_[np.ones(12), np.r_[np.ones(9), np.zeros(3)]].reshape(2, 12).astype(np.float32))
+    stack = L.BiQRNNStack(4, num_layers=2, quantize=True)
+    out = stack(x, mask).numpy()
+    h = x
+    for f, b in zip(stack.fwd, stack.bwd):
+        h = tf.concat([f(h, mask), b(h, mask)], axis=-1)
+    assert out.shape == (2, 12, 8)
+    assert np.allclose(out, h.numpy(), atol=1e-6)
+
+
 def test_qrnn_zoneout_only_in_training():
     x = _embed(2, 10, 6)
     m = tf.ones([2, 10])
