@@ -32,3 +32,17 @@ def test_int8_export_agrees_with_keras():
     assert np.array_equal(E.TFLiteClassifier(raw).predict(x[:64]), lite_logits)
     d = E.disagreement(keras_logits, lite_logits)
     assert d["max_abs_prob_diff"] < 0.05 and d["decision_flip_rate"] <= 0.05
+
+
+def test_full_profile_int8_file_is_at_least_50x_smaller_than_minilm():
+    """The issue's size goal at the full profile's architecture (section 1's K: 256 bytes, width 128, three
+    bi-QRNN layers). The file size depends on the architecture only, so untrained weights measure it."""
+    import bq_baseline as BL
+    from labkit.data import require
+    tf.random.set_seed(0)
+    cfg = M.ByteConfig(max_len=256, embed_dim=128, bottleneck=128, state=128, layers=3, gbst_downsample=2, heads=4)
+    model = M.build_classifier(cfg)
+    x = encode_bytes([f"texto de prueba {i} " * (i % 12 + 1) for i in range(16)], 256)
+    buf = E.to_int8_tflite(model, 256, x)
+    minilm_bytes = BL.fp32_bytes(BL.load_minilm(require("minilm"))[1])
+    assert minilm_bytes / len(buf) >= 50, f"{len(buf) / 1e6:.2f} MB is only {minilm_bytes / len(buf):.1f}x smaller"
