@@ -93,6 +93,34 @@ def _split(t: torch.Tensor, tp: int, axis: int, what: str):
     return torch.chunk(t, tp, dim=axis)
 
 
+def _put(out: Dict[str, torch.Tensor], stem: str, t: torch.Tensor, tp: int, axis: Optional[int]) -> None:
+    """out[stem] = t when every rank holds it whole (axis None), else out[stem.<rank>] = rank's slice."""
+    if axis is None:
+        out[stem] = t.contiguous()
+    else:
+        for r, part in enumerate(_split(t, tp, axis, stem)):
+            out[f"{stem}.{r}"] = part.contiguous()
+
+
+def single_rank(files: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """{FT stem: tensor} of a tensor_para_size-1 conversion keyed like load_*_rank's result (no ".0")."""
+    return {k[:-2] if k.endswith(".0") else k: v for k, v in files.items()}
+
+
+def _load_rank(ckpt: Path, rank: int, meta_of, shapes_of, split_axis_of):
+    """(meta, {FT stem: float32 tensor}) of one rank: files of split tensors end in .<rank>.bin."""
+    ckpt = Path(ckpt)
+    m = meta_of(read_config(ckpt))
+    tp = m["tensor_para_size"]
+    if not 0 <= rank < tp:
+        raise ValueError(f"rank {rank} does not exist in a checkpoint written for tensor_para_size={tp}")
+    tensors = {}
+    for stem, shp in shapes_of(m, tp).items():
+        fname = f"{stem}.{rank}.bin" if split_axis_of(stem) is not None else f"{stem}.bin"
+        tensors[stem] = read_bin(ckpt / fname, shp, m["weight_data_type"])
+    return m, tensors
+
+
 # ---------------------------------------------------------------- GPT-J
 
 GPTJ_SPLIT = {  # FT name suffix -> split axis (None: whole)
@@ -135,12 +163,7 @@ def gptj_to_ft(sd: Dict[str, torch.Tensor], num_layer: int, tp: int) -> Dict[str
             "mlp.dense_4h_to_h.bias": sd[h + "mlp.fc_out.bias"],
         }
         for name, t in whole.items():
-            axis = GPTJ_SPLIT[name]
-            if axis is None:
-                out[p + name] = t
-            else:
-                for r, part in enumerate(_split(t, tp, axis, p + name)):
-                    out[f"{p}{name}.{r}"] = part.contiguous()
+            _put(out, p + name, t, tp, GPTJ_SPLIT[name])
     return out
 
 
@@ -177,19 +200,13 @@ def gptj_shapes(m: dict, tp: int) -> Dict[str, tuple]:
     return shapes
 
 
+def gptj_split_axis(stem: str) -> Optional[int]:
+    return GPTJ_SPLIT.get(stem.split(".", 3)[-1]) if stem.startswith("model.layers.") else None
+
+
 def load_gptj_rank(ckpt: Path, rank: int = 0):
     """(meta, {FT stem: float32 tensor}) of one rank of an FT GPT-J checkpoint folder (<N>-gpu/)."""
-    ckpt = Path(ckpt)
-    m = gptj_meta(read_config(ckpt))
-    tp = m["tensor_para_size"]
-    if not 0 <= rank < tp:
-        raise ValueError(f"rank {rank} does not exist in a checkpoint written for tensor_para_size={tp}")
-    tensors = {}
-    for stem, shp in gptj_shapes(m, tp).items():
-        split = GPTJ_SPLIT.get(stem.split(".", 3)[-1]) if stem.startswith("model.layers.") else None
-        fname = f"{stem}.{rank}.bin" if split is not None else f"{stem}.bin"
-        tensors[stem] = read_bin(ckpt / fname, shp, m["weight_data_type"])
-    return m, tensors
+    return _load_rank(ckpt, rank, gptj_meta, gptj_shapes, gptj_split_axis)
 
 
 def gptj_ft_to_hf(ckpt: Path) -> Dict[str, torch.Tensor]:
@@ -268,18 +285,11 @@ def t5_to_ft(sd: Dict[str, torch.Tensor], num_decoder_layers: int, tp: int) -> D
         if key == "lm_head.weight":
             out["lm_head.weight"] = val
             continue
-        t = val.t() if val.ndim == 2 else val
-        axis = t5_split_axis(stem)
-        if axis is None:
-            out[stem] = t.contiguous()
-        else:
-            for r, part in enumerate(_split(t, tp, axis, stem)):
-                out[f"{stem}.{r}"] = part.contiguous()
+        _put(out, stem, val.t() if val.ndim == 2 else val, tp, t5_split_axis(stem))
     for l in range(num_decoder_layers):
         p = f"decoder.block.{l}.layer.0.SelfAttention."
         qkv = torch.stack([sd[p + f"{x}.weight"].t() for x in "qkv"], dim=1)  # [d, 3, inner]
-        for r, part in enumerate(_split(qkv, tp, -1, p + "qkv.weight")):
-            out[f"{p}qkv.weight.{r}"] = part.contiguous()
+        _put(out, p + "qkv.weight", qkv, tp, -1)
     return out
 
 
@@ -341,16 +351,7 @@ def t5_shapes(m: dict, tp: int) -> Dict[str, tuple]:
 
 def load_t5_rank(ckpt: Path, rank: int = 0):
     """(meta, {FT stem: float32 tensor}) of one rank of an FT T5 checkpoint folder."""
-    ckpt = Path(ckpt)
-    m = t5_meta(read_config(ckpt))
-    tp = m["tensor_para_size"]
-    if not 0 <= rank < tp:
-        raise ValueError(f"rank {rank} does not exist in a checkpoint written for tensor_para_size={tp}")
-    tensors = {}
-    for stem, shp in t5_shapes(m, tp).items():
-        fname = f"{stem}.{rank}.bin" if t5_split_axis(stem) is not None else f"{stem}.bin"
-        tensors[stem] = read_bin(ckpt / fname, shp, m["weight_data_type"])
-    return m, tensors
+    return _load_rank(ckpt, rank, t5_meta, t5_shapes, t5_split_axis)
 
 
 def t5_ft_to_hf(ckpt: Path) -> Dict[str, torch.Tensor]:

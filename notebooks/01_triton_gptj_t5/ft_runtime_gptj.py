@@ -130,8 +130,7 @@ class GPTJRuntime:
         c = model.config
         cfg = ft_convert.gptj_config_ini(c, 1, "fp32")
         meta = ft_convert.gptj_meta(cfg)
-        tensors = ft_convert.gptj_to_ft(model.state_dict(), c.n_layer, 1)
-        tensors = {k[:-2] if k.endswith(".0") else k: v for k, v in tensors.items()}
+        tensors = ft_convert.single_rank(ft_convert.gptj_to_ft(model.state_dict(), c.n_layer, 1))
         return cls(meta, tensors, **kw)
 
     def _part(self, w, axis_kn: int, start: int, stop, fused: str, gemm: str) -> torch.Tensor:

@@ -28,26 +28,23 @@ def gptj_model():
     return model
 
 
+def _tiny_t5(seed: int, **cfg):
+    from transformers import T5Config, T5ForConditionalGeneration
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=96, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                   relative_attention_num_buckets=16, relative_attention_max_distance=32, dropout_rate=0.0,
+                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, **cfg)
+    return T5ForConditionalGeneration(cfg).eval()
+
+
 @pytest.fixture(scope="session")
 def t5_model():
-    from transformers import T5Config, T5ForConditionalGeneration
-    torch.manual_seed(0)
-    cfg = T5Config(vocab_size=96, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
-                   relative_attention_num_buckets=16, relative_attention_max_distance=32, dropout_rate=0.0,
-                   feed_forward_proj="relu", tie_word_embeddings=True, decoder_start_token_id=0, pad_token_id=0,
-                   eos_token_id=1)
-    return T5ForConditionalGeneration(cfg).eval()
+    return _tiny_t5(0, num_decoder_layers=2, feed_forward_proj="relu", tie_word_embeddings=True)
 
 
 @pytest.fixture(scope="session")
 def gated_t5_model():
-    from transformers import T5Config, T5ForConditionalGeneration
-    torch.manual_seed(1)
-    cfg = T5Config(vocab_size=96, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=1, num_heads=4,
-                   relative_attention_num_buckets=16, relative_attention_max_distance=32, dropout_rate=0.0,
-                   feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0,
-                   eos_token_id=1)
-    return T5ForConditionalGeneration(cfg).eval()
+    return _tiny_t5(1, num_decoder_layers=1, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
 
 
 @pytest.fixture(scope="session")

@@ -6,18 +6,10 @@ import ft_convert as c
 
 
 @pytest.mark.parametrize("tp", [1, 2])
-def test_gptj_round_trip_bit_exact(ft_dirs, gptj_model, tp):
-    sd = c.gptj_ft_to_hf(ft_dirs[("gptj", tp)])
-    ref = gptj_model.state_dict()
-    assert set(sd) == set(ref)
-    for k in ref:
-        assert torch.equal(sd[k], ref[k]), k
-
-
-@pytest.mark.parametrize("tp", [1, 2])
-def test_t5_round_trip_bit_exact(ft_dirs, t5_model, tp):
-    sd = c.t5_ft_to_hf(ft_dirs[("t5", tp)])
-    ref = t5_model.state_dict()
+@pytest.mark.parametrize("kind", ["gptj", "t5"])
+def test_round_trip_bit_exact(ft_dirs, gptj_model, t5_model, kind, tp):
+    sd = getattr(c, f"{kind}_ft_to_hf")(ft_dirs[(kind, tp)])
+    ref = (gptj_model if kind == "gptj" else t5_model).state_dict()
     assert set(sd) == set(ref)
     for k in ref:
         assert torch.equal(sd[k], ref[k]), k
