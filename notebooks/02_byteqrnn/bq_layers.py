@@ -433,14 +433,11 @@ class BiQRNNStack(keras.layers.Layer):
 
     def call(self, x, mask, training=None):
         for f, b in zip(self.fwd, self.bwd):
-            if f.pooling != "loop":
-                x = tf.concat([f(x, mask, training=training), b(x, mask, training=training)], axis=-1)
-                continue
-            # both directions in ONE unrolled recurrence over 2*units channels (the backward gates are already
-            # in reversed time): the same numbers as two loops, half the steps in the int8 graph
+            # both directions in ONE recurrence over 2*units channels (the backward gates are already in reversed
+            # time; pooling is per channel): the same numbers as two, half the unrolled steps in the int8 graph
             zf, ff, of, mf = f.gates(x, mask, training)
             zb, fb, ob, mb = b.gates(x, mask, training)
-            c = fo_pool_loop(tf.concat([zf, zb], -1), tf.concat([ff, fb], -1), quantize=f.quantize)
+            c = f.pool(tf.concat([zf, zb], -1), tf.concat([ff, fb], -1))
             cf, cb = tf.split(c, 2, axis=-1)
             x = tf.concat([f.output(cf, of, mf, training), b.output(cb, ob, mb, training)], axis=-1)
         return x

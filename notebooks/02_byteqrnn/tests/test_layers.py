@@ -209,12 +209,13 @@ def test_parallel_pooling_gradients_equal_loop():
             assert np.allclose(g_par, g_loop, atol=1e-3, rtol=1e-3)
 
 
-def test_bidirectional_stack_runs_both_directions_in_one_loop_exactly():
+@pytest.mark.parametrize("pooling", ["loop", "parallel"])
+def test_bidirectional_stack_runs_both_directions_in_one_loop_exactly(pooling):
     """BiQRNNStack pools both directions in one recurrence: the same outputs (8-bit fake quantization on)
     as running each direction's QRNN layer on its own and concatenating."""
     x = _embed(2, 12, 6)
     mask = tf.constant(np.r_[np.ones(12), np.r_[np.ones(9), np.zeros(3)]].reshape(2, 12).astype(np.float32))
-    stack = L.BiQRNNStack(4, num_layers=2, quantize=True)
+    stack = L.BiQRNNStack(4, num_layers=2, pooling=pooling, quantize=True)
     out = stack(x, mask).numpy()
     h = x
     for f, b in zip(stack.fwd, stack.bwd):
