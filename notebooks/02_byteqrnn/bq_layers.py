@@ -344,6 +344,9 @@ def fo_pool_loop(z, f, c0=None, quantize: bool = False):
     needs no float kernel (and no calibration) for the recurrence."""
     q = (lambda x, lo, hi: fake_quant(x, lo, hi)) if quantize else (lambda x, lo, hi: x)
     c = tf.zeros_like(z[:, 0]) if c0 is None else c0
+    # f arrives mixed with the mask (f * m + 1 - m: still on the [0, 1] grid, so this is exact); an explicit
+    # range here keeps the converter from leaving the unstack of f in float (it did so now and then)
+    f = q(f, 0.0, 1.0)
     # the input term (1 - f_t) z_t for every t at once, and one unstack per sequence instead of a slice per
     # step: the unrolled int8 graph then holds two ops a step (mul, add) - a smaller, faster TFLite file
     u = q(q(1.0 - f, 0.0, 1.0) * z, -1.0, 1.0)
