@@ -12,6 +12,10 @@ from typing import Callable, Optional
 import torch
 
 import labkit
+import ft_runtime_gptj
+
+# the GEMM layouts the tuning (ft_gemm, section 4) chose on an H100 for batch 1: every GEMM as [k, n]
+H100_PLAN = {g: {"layout": "kn"} for g in ft_runtime_gptj.GEMMS} | {"attention": {"impl": "sdpa"}}
 
 
 def _sync(device) -> Optional[Callable]:

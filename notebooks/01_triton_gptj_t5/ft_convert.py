@@ -102,9 +102,17 @@ def _put(out: Dict[str, torch.Tensor], stem: str, t: torch.Tensor, tp: int, axis
             out[f"{stem}.{r}"] = part.contiguous()
 
 
-def single_rank(files: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """{FT stem: tensor} of a tensor_para_size-1 conversion keyed like load_*_rank's result (no ".0")."""
-    return {k[:-2] if k.endswith(".0") else k: v for k, v in files.items()}
+def rank_view(files: Dict[str, torch.Tensor], rank: int = 0) -> Dict[str, torch.Tensor]:
+    """{FT stem: tensor} of one rank of an in-memory conversion, keyed like load_*_rank's result: the tensors
+    every rank holds whole, and this rank's slices with their ".<rank>" dropped."""
+    out = {}
+    for k, v in files.items():
+        stem, _, r = k.rpartition(".")
+        if not r.isdigit():
+            out[k] = v
+        elif int(r) == rank:
+            out[stem] = v
+    return out
 
 
 def _load_rank(ckpt: Path, rank: int, meta_of, shapes_of, split_axis_of):

@@ -45,14 +45,10 @@ EXPLORE = {
                                                         inductor={"coordinate_descent_tuning": True}),
 }
 BEST_KEY = "GPT-J runtime fp16, compiled step + CUDA graph"
-# the layouts the GEMM tuning chose on an H100 for batch 1 (ft_gemm, section 4): every GEMM as [k, n]
-H100_PLAN = {g: {"layout": "kn"} for g in ft_runtime_gptj.GEMMS} | {"attention": {"impl": "sdpa"}}
 
 
-def configure(rt, fused_step: bool, compile: bool, cuda_graph: bool, decode_attn: str = "sdpa", **_) -> None:
-    rt.fused_step, rt.compile, rt.cuda_graph, rt.decode_attn = fused_step, compile, cuda_graph, decode_attn
-    rt.static_decode = cuda_graph or compile
-    rt._step_fn, rt._graphs = None, {}
+def configure(rt, fused_step: bool, compile: bool, cuda_graph: bool, decode_attn: Optional[str] = None, **_) -> None:
+    rt.set_decode(fused_step, compile, cuda_graph, decode_attn=decode_attn)
     if compile:
         torch._dynamo.reset()  # a fresh compile for each variant (settings and Inductor options differ)
 
@@ -75,8 +71,6 @@ def kernel_breakdown(rt, top: int = 12) -> list:
     return [("TOTAL kernel ms per step", total, sum(r[2] for r in rows))] + [(k[:90], t, c) for k, t, c in rows[:top]]
 
 
-
-
 def gptj_gpu(big, prompt_ids: torch.Tensor, new_tokens: int = 64, plan: Optional[dict] = None, repeat: int = 3,
              variants=None, log: Callable = print, device: str = "cuda", profile_key: Optional[str] = None) -> Dict:
     """Time HF eager and the runtime variants on the same model and prompt; check each variant's first
@@ -91,7 +85,7 @@ def gptj_gpu(big, prompt_ids: torch.Tensor, new_tokens: int = 64, plan: Optional
     with torch.no_grad():
         ref8 = big.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=8,
                             min_new_tokens=8, do_sample=False, pad_token_id=50256)[0, prompt_ids.shape[1]:].tolist()
-    rt = ft_runtime_gptj.GPTJRuntime.from_hf(big, dtype=big.dtype, device=device, gemm_plan=plan or H100_PLAN,
+    rt = ft_runtime_gptj.GPTJRuntime.from_hf(big, dtype=big.dtype, device=device, gemm_plan=plan or ft_bench.H100_PLAN,
                                              max_len=256, max_batch=1, cuda_graph=True)
     with torch.no_grad():
         short = prompt_ids[:, :32]

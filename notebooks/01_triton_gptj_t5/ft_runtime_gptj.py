@@ -103,20 +103,28 @@ class GPTJRuntime:
         sign = torch.tensor([-1.0, 1.0], device=self.device).repeat(self.rd // 2)
         self.sin_signed = (self.sin * sign).to(dtype)
         self.sin, self.cos = self.sin.to(dtype), self.cos.to(dtype)
-        self.cuda_graph = cuda_graph and self.device.type == "cuda"
         # torch.compile of the decode step: on by default on CUDA (one rank), off on CPU (tests switch it on)
         auto = self.device.type == "cuda" and self.tp.size == 1
-        self.compile = auto if compile is None else bool(compile)
-        # static decode: attention over the whole cache with a mask (fixed shapes: what a graph/compile needs)
-        self.static_decode = self.cuda_graph or self.compile
-        self.fused_step = True  # False: decode with the context path's forward (the older, unfused step)
-        # attention inside the fused decode step: "sdpa" (F.scaled_dot_product_attention), "bmm" (two batched
-        # GEMMs + softmax) or "reduce" (broadcast-multiply + sums: plain reductions Inductor fuses into its own
-        # kernels; on an H100 it beat cuDNN's SDPA for one query over a 256-slot cache, 4.72 vs 4.92 ms/token
-        # for GPT-J-6B, but eager it would materialise float32 copies of K and V: compiled steps only)
-        self.decode_attn = "reduce" if self.compile else "sdpa"
-        self._step_fn = None
+        self.set_decode(compile=auto if compile is None else compile, cuda_graph=cuda_graph)
         self._alloc_cache(max_batch)
+
+    def set_decode(self, fused_step: bool = True, compile: bool = False, cuda_graph: bool = False,
+                   static: Optional[bool] = None, decode_attn: Optional[str] = None) -> None:
+        """Choose how decode steps run (drops any compiled step and captured graphs):
+        fused_step  False: the context path's forward (four GEMMs a layer: the older, unfused step);
+        compile     torch.compile the fused step;  cuda_graph  capture it as a CUDA graph (CUDA only);
+        static      attention over the whole cache with a mask - the fixed shapes a graph or a compiled step
+                    needs (default: with either of them);
+        decode_attn attention in the fused step: "sdpa" (F.scaled_dot_product_attention), "bmm" (two batched
+                    GEMMs + softmax) or "reduce" (broadcast-multiply + sums: plain reductions Inductor fuses
+                    into its own kernels; on an H100 it beat cuDNN's SDPA for one query over a 256-slot cache,
+                    4.72 vs 4.92 ms/token for GPT-J-6B, but eager it would materialise float32 copies of K and V:
+                    the default for compiled steps only)."""
+        self.fused_step, self.compile = fused_step, bool(compile)
+        self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        self.static_decode = (self.cuda_graph or self.compile) if static is None else static
+        self.decode_attn = decode_attn or ("reduce" if self.compile else "sdpa")
+        self._step_fn, self._graphs = None, {}
 
     # -------------------------------------------------------------- construction
     @classmethod
@@ -130,7 +138,7 @@ class GPTJRuntime:
         c = model.config
         cfg = ft_convert.gptj_config_ini(c, 1, "fp32")
         meta = ft_convert.gptj_meta(cfg)
-        tensors = ft_convert.single_rank(ft_convert.gptj_to_ft(model.state_dict(), c.n_layer, 1))
+        tensors = ft_convert.rank_view(ft_convert.gptj_to_ft(model.state_dict(), c.n_layer, 1))
         return cls(meta, tensors, **kw)
 
     def _part(self, w, axis_kn: int, start: int, stop, fused: str, gemm: str) -> torch.Tensor:
@@ -265,7 +273,7 @@ class GPTJRuntime:
     def _run_step(self, *args):
         """Run the decode step; if compiling fails here, warn once and fall back to the eager step."""
         fn = self._step_callable()
-        if fn is self._step or fn is self._unfused_step:
+        if not (self.fused_step and self.compile):
             return fn(*args)
         try:
             return fn(*args)

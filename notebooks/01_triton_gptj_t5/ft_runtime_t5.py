@@ -119,7 +119,7 @@ class T5Runtime:
     def from_hf(cls, model, **kw) -> "T5Runtime":
         c = model.config
         meta = ft_convert.t5_meta(ft_convert.t5_config_ini(c, 1, "fp32"))
-        tensors = ft_convert.single_rank(ft_convert.t5_to_ft(model.state_dict(), c.num_decoder_layers, 1))
+        tensors = ft_convert.rank_view(ft_convert.t5_to_ft(model.state_dict(), c.num_decoder_layers, 1))
         return cls(meta, tensors, **kw)
 
     def _alloc(self, rows: int, src_len: int) -> None:

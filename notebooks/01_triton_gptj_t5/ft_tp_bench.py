@@ -27,7 +27,6 @@ import argparse
 import datetime
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -43,11 +42,10 @@ import ft_bench  # noqa: E402
 import ft_convert  # noqa: E402
 import ft_runtime_gptj  # noqa: E402
 from ft_runtime_common import DTYPES, TP, free_port  # noqa: E402
+from labkit.paths import atomic_write_text  # noqa: E402
 
 # NVLink multicast (NVLS / symmetric-memory multicast) stays off: set for this process and every rank
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-# the GEMM layouts the tuning chose on an H100 for batch 1 (as ft_gpu_bench.H100_PLAN)
-H100_PLAN = {g: {"layout": "kn"} for g in ft_runtime_gptj.GEMMS} | {"attention": {"impl": "sdpa"}}
 
 
 def build_model(arch: str, dtype, device, seed: int = 0):
@@ -71,32 +69,18 @@ def make_prompt(length: int, vocab: int = 50000, seed: int = 0) -> list:
 def rank_tensors(model, tp: int, rank: int):
     """(meta, tensors) of rank `rank` of `tp`, converted in memory from the HF model (no disk)."""
     meta = ft_convert.gptj_meta(ft_convert.gptj_config_ini(model.config, tp, "fp32"))
-    out = {}
-    for k, v in ft_convert.gptj_to_ft(model.state_dict(), model.config.n_layer, tp).items():
-        m = re.fullmatch(r"(.*)\.(\d+)", k)
-        if m is None:
-            out[k] = v                      # a tensor every rank holds whole
-        elif int(m.group(2)) == rank:
-            out[m.group(1)] = v             # this rank's slice
-    return meta, out
+    return meta, ft_convert.rank_view(ft_convert.gptj_to_ft(model.state_dict(), model.config.n_layer, tp), rank)
 
 
 def set_mode(rt, mode: str) -> None:
     """Switch a runtime's decode step to `mode` (fresh graphs / compile)."""
     if mode not in ("graph", "eager", "compiled"):
         raise ValueError(f"unknown mode {mode!r}")
-    cuda = rt.device.type == "cuda"
-    rt.fused_step = True
-    rt.compile = mode == "compiled"
-    rt.cuda_graph = cuda and mode in ("graph", "compiled")
-    rt.static_decode = mode in ("graph", "compiled")
-    rt.decode_attn = "reduce" if rt.compile else "sdpa"
-    rt._step_fn, rt._graphs = None, {}
+    fixed = mode in ("graph", "compiled")   # on CPU "graph" is the same fixed-shape step, without a graph
+    rt.set_decode(compile=mode == "compiled", cuda_graph=fixed, static=fixed)
     if rt.compile:
         import torch._dynamo
         torch._dynamo.reset()
-
-
 
 
 def measure(rt, prompt: list, new_tokens: int, repeat: int, sync) -> dict:
@@ -115,11 +99,7 @@ def measure(rt, prompt: list, new_tokens: int, repeat: int, sync) -> dict:
 
 
 def _atomic_json(path: str, obj) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write_text(Path(path), json.dumps(obj, indent=1))
 
 
 def _rank_main(rank: int, world: int, port: int, cfg: dict, result_path: str) -> None:
@@ -167,7 +147,7 @@ def _rank_main(rank: int, world: int, port: int, cfg: dict, result_path: str) ->
                               "env": {k: os.environ.get(k) for k in SAFE_ENV}}
         save()
         prompt = make_prompt(cfg["prompt_len"], min(50000, big.config.vocab_size), cfg["seed"])
-        plan = H100_PLAN if cuda else None
+        plan = ft_bench.H100_PLAN if cuda else None
         modes, nt, rep = cfg["modes"], cfg["new_tokens"], cfg["repeat"]
 
         # ---- TP=1 on rank 0 alone
