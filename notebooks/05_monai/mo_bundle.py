@@ -37,7 +37,9 @@ def _net_def(net_kind: str, size: str, roi: int) -> dict:
 
 
 def inference_config(net_kind: str, size: str, roi: int, pixdim: float) -> dict:
-    lab = [["L", "R"], ["P", "A"], ["I", "S"]]
+    """mo_transforms' inference pipeline and postprocessing, and the sliding window, as a bundle config."""
+    from mo_transforms import RAS_LABELS
+    lab = [list(pair) for pair in RAS_LABELS]
     return {
         "imports": ["$import glob", "$import os", "$import numpy"],
         "bundle_root": ".",
@@ -167,18 +169,13 @@ def run_bundle(bundle: Path, dataset_dir: Optional[Path] = None, output_dir: Opt
 def predict_file(net: torch.nn.Module, path: str, roi: int, pixdim: float, device: str = "cpu") -> np.ndarray:
     """The bundle's workflow in plain Python: preprocess, sliding window, softmax, invert to the file's grid,
     argmax. Returns a uint8 label volume on the input file's voxel grid."""
-    from monai.data import decollate_batch
     from monai.inferers import sliding_window_inference
-    from monai.transforms import Activationsd, AsDiscreted, Compose, EnsureTyped, Invertd
     import mo_transforms as T
-    pre = Compose(list(T.infer_transforms(pixdim).transforms) + [EnsureTyped(keys="image")])
+    pre = T.infer_transforms(pixdim)
     d = pre({"image": path})
     net = net.to(device).eval()
     with torch.no_grad():
         d["pred"] = sliding_window_inference(d["image"][None].to(device), (roi,) * 3, 4, net, overlap=0.25,
                                              mode="gaussian")[0].cpu()
-    post = Compose([Activationsd(keys="pred", softmax=True),
-                    Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True),
-                    AsDiscreted(keys="pred", argmax=True)])
-    d = post(d)
+    d = T.infer_postprocess(pre)(d)
     return np.asarray(d["pred"][0].cpu().numpy(), dtype=np.uint8)

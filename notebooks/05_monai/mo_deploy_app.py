@@ -38,36 +38,21 @@ def _sdk():
 def build_app_class():
     """Define the operator and application classes (the SDK is imported only when needed)."""
     S = _sdk()
-    from monai.transforms import (Activationsd, AsDiscreted, Compose, CropForegroundd, EnsureChannelFirstd,
-                                  EnsureTyped, Invertd, LoadImaged, NormalizeIntensityd, Orientationd, Spacingd)
     from pydicom.sr.codedict import codes
+    import mo_transforms as T
 
     class TissueSegOperator(S["MonaiSegInferenceOperator"]):
-        """MONAI pre/post transforms around the SDK's sliding-window inference operator."""
+        """The notebook's inference transforms (mo_transforms) around the SDK's sliding-window operator."""
 
         def __init__(self, fragment, *args, pixdim: float, **kwargs):
             self.pixdim = float(pixdim)
             super().__init__(fragment, *args, pre_transforms=None, post_transforms=None, **kwargs)
 
         def pre_process(self, img_reader, *args, **kwargs):
-            k = "image"
-            return Compose([
-                LoadImaged(keys=k, reader=img_reader),
-                EnsureChannelFirstd(keys=k),
-                Orientationd(keys=k, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-                Spacingd(keys=k, pixdim=(self.pixdim,) * 3, mode="bilinear"),
-                NormalizeIntensityd(keys=k, nonzero=True),
-                CropForegroundd(keys=k, source_key=k, margin=4, allow_smaller=True),
-                EnsureTyped(keys=k),
-            ])
+            return T.infer_transforms(self.pixdim, reader=img_reader)
 
         def post_process(self, pre_transforms, *args, **kwargs):
-            return Compose([
-                Activationsd(keys="pred", softmax=True),
-                Invertd(keys="pred", transform=pre_transforms, orig_keys="image", nearest_interp=False,
-                        to_tensor=True),
-                AsDiscreted(keys="pred", argmax=True),
-            ])
+            return T.infer_postprocess(pre_transforms)
 
     class BrainTissueSegApp(S["Application"]):
         """MONAI Deploy application: MR T1 DICOM series -> DICOM SEG (grey matter, white matter)."""

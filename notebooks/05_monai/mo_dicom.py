@@ -107,8 +107,9 @@ def write_dicom_series(volume: np.ndarray, affine: np.ndarray, out_dir: Path, pa
 def read_series(folder: Path):
     """Read a DICOM series folder back through MONAI (PydicomReader) -> channel-first MetaTensor in RAS."""
     from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation
+    from mo_transforms import RAS_LABELS
     return Compose([LoadImage(reader="PydicomReader", image_only=True), EnsureChannelFirst(),
-                    Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))])(str(folder))
+                    Orientation(axcodes="RAS", labels=RAS_LABELS)])(str(folder))
 
 
 def find_seg(folder: Path) -> Path:

@@ -13,20 +13,23 @@ from typing import Optional, Sequence
 
 import torch
 from monai.transforms import (
-    ClassesToIndicesd, Compose, CropForegroundd, EnsureChannelFirstd, EnsureTyped, LoadImaged, NormalizeIntensityd,
-    Orientationd, RandAffined, RandCropByLabelClassesd, Spacingd,
+    Activationsd, AsDiscreted, ClassesToIndicesd, Compose, CropForegroundd, EnsureChannelFirstd, EnsureTyped, Invertd,
+    LoadImaged, NormalizeIntensityd, Orientationd, RandAffined, RandCropByLabelClassesd, Spacingd,
 )
 
 KEYS = ("image", "label")
+# what the letters of axcodes="RAS" mean: towards Right, Anterior, Superior (the NIfTI sense)
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
-def deterministic(pixdim: float, keys: Sequence[str] = KEYS, margin: int = 4) -> list:
-    """The part of the pipeline that gives the same output every epoch (cacheable)."""
+def deterministic(pixdim: float, keys: Sequence[str] = KEYS, margin: int = 4, reader=None) -> list:
+    """The part of the pipeline that gives the same output every epoch (cacheable). `reader`: LoadImaged's
+    image reader (default: chosen by file type)."""
     has_label = "label" in keys
     out = [
-        LoadImaged(keys=list(keys), image_only=False),
+        LoadImaged(keys=list(keys), image_only=False, reader=reader),
         EnsureChannelFirstd(keys=list(keys)),
-        Orientationd(keys=list(keys), axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        Orientationd(keys=list(keys), axcodes="RAS", labels=RAS_LABELS),
         Spacingd(keys=list(keys), pixdim=(pixdim,) * 3,
                  mode=("bilinear", "nearest") if has_label else ("bilinear",)),
         NormalizeIntensityd(keys="image", nonzero=True),
@@ -76,9 +79,17 @@ def val_transforms(pixdim: float, device: Optional[str] = None) -> Compose:
     return Compose(deterministic(pixdim) + [EnsureTyped(keys=list(KEYS), device=torch.device(device) if device else None)])
 
 
-def infer_transforms(pixdim: float) -> Compose:
-    """Image only (no label), for inference on new data."""
-    return Compose(deterministic(pixdim, keys=("image",)))
+def infer_transforms(pixdim: float, reader=None) -> Compose:
+    """Image only (no label), for inference on new data: the deterministic part, then a tensor."""
+    return Compose(deterministic(pixdim, keys=("image",), reader=reader) + [EnsureTyped(keys="image")])
+
+
+def infer_postprocess(pre: Compose) -> Compose:
+    """From the network's logits ("pred") to a label map on the input file's voxel grid: softmax, undo `pre`'s
+    spatial steps (orientation, spacing, crop), argmax."""
+    return Compose([Activationsd(keys="pred", softmax=True),
+                    Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True),
+                    AsDiscreted(keys="pred", argmax=True)])
 
 
 def describe(compose: Compose) -> list:

@@ -25,10 +25,10 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 from monailabel.tasks.infer.basic_infer import BasicInferTask
+from mo_transforms import RAS_LABELS   # the notebook folder is on PYTHONPATH (mo_label.server sets it)
 
 logger = logging.getLogger(__name__)
 LABELS = {"grey matter": 1, "white matter": 2}
-# mo_train (in the notebook folder) is importable through PYTHONPATH, which mo_label.server sets.
 
 
 def _settings(model_dir: Path) -> dict:
@@ -64,7 +64,7 @@ class TissueInfer(BasicInferTask):
     def pre_transforms(self, data=None):
         px = (float(self.s["pixdim"]),) * 3
         return [LoadImaged(keys="image"), EnsureChannelFirstd(keys="image"),
-                Orientationd(keys="image", axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+                Orientationd(keys="image", axcodes="RAS", labels=RAS_LABELS),
                 _StashKey("image_path", "source_path"),
                 Spacingd(keys="image", pixdim=px, mode="bilinear"),
                 _StashKey("source_path", "image_path"),
