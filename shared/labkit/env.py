@@ -11,11 +11,26 @@ from labkit.profile import check_choice, DEVICES
 
 # name shown -> distributions that provide it (read from metadata: nothing is imported)
 REPORT_PACKAGES = {"numpy": ("numpy",), "torch": ("torch",), "tensorflow": ("tensorflow", "tensorflow-cpu"),
+                   "keras": ("keras",), "jax": ("jax",),
                    "transformers": ("transformers",), "monai": ("monai",), "tritonclient": ("tritonclient",)}
+FRAMEWORKS = ("torch", "tensorflow", "jax", "keras")
+
+
+def keras_backend() -> str:
+    """The Keras 3 backend this process uses (KERAS_BACKEND, default 'tensorflow'), read without importing keras."""
+    import sys
+    if "keras" in sys.modules:
+        return sys.modules["keras"].backend.backend()
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
 
 
 def _gpu_count(framework: str) -> int:
+    if framework == "keras":  # the GPU that counts is the one Keras' backend computes on
+        framework = keras_backend()
     try:
+        if framework == "jax":
+            import jax
+            return sum(d.platform == "gpu" for d in jax.devices())
         if framework == "torch":
             import torch
             return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -24,7 +39,7 @@ def _gpu_count(framework: str) -> int:
             return len(tf.config.list_physical_devices("GPU"))
     except ImportError:
         return 0
-    raise ValueError(f"framework={framework!r}; use 'torch' or 'tensorflow'")
+    raise ValueError(f"framework={framework!r}; use one of {FRAMEWORKS}")
 
 
 def select_device(device: str = "auto", framework: str = "torch") -> str:
@@ -74,6 +89,11 @@ def machine_info(framework: str = "torch") -> dict:
                 gpu = torch.cuda.get_device_name(0)
         except ImportError:
             pass
+    elif framework == "jax" or (framework == "keras" and keras_backend() == "jax"):
+        gpu_count = _gpu_count("jax")
+        if gpu_count:
+            import jax
+            gpu = [d for d in jax.devices() if d.platform == "gpu"][0].device_kind
     else:
         gpu_count = _gpu_count(framework)
         if gpu_count:
@@ -95,6 +115,8 @@ def environment_report(framework: str = "torch", show: bool = True) -> dict:
     if show:
         print(f"python {info['python']} | CPU: {info['cpu']}")
         print(f"GPU: {info['gpu'] or 'none'} (count {info['gpu_count']})")
+    if framework == "keras":
+        print(f"Keras backend: {keras_backend()}")
         print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
     return info
 
@@ -116,3 +138,5 @@ def seed_everything(seed: int) -> None:
     import sys
     if "tensorflow" in sys.modules:  # don't pay TF's import time in torch notebooks
         sys.modules["tensorflow"].random.set_seed(seed)
+    if "keras" in sys.modules:  # Keras 3 seeds its own global generator (any backend)
+        sys.modules["keras"].utils.set_random_seed(seed)
