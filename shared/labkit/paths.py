@@ -6,6 +6,7 @@ from pathlib import Path
 
 DATA_ENV = "LABKIT_DATA_ROOT"
 BUILD_ENV = "LABKIT_BUILD_DIR"
+STAGE_ENV = "LABKIT_STAGE_DIR"
 
 
 def repo_root() -> Path:
@@ -21,6 +22,15 @@ def data_root() -> Path:
 def build_dir() -> Path:
     """Build outputs: $LABKIT_BUILD_DIR, else <repo>/build."""
     return Path(os.environ.get(BUILD_ENV) or repo_root() / "build").resolve()
+
+
+def stage_dir(folder: str, profile: str) -> Path:
+    """Where a notebook's long runs keep finished pieces so a later command resumes from them:
+    $LABKIT_STAGE_DIR/<folder>.<profile>, else <build>/stages/<folder>.<profile> (created)."""
+    base = Path(os.environ.get(STAGE_ENV) or build_dir() / "stages").resolve()
+    path = base / f"{folder}.{profile}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import os
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -42,6 +43,8 @@ def record(folder: str, profile: str, metrics: Mapping, framework: str = "torch"
         "machine": machine or machine_info(framework),
         "metrics": _clean_metrics(metrics),
     }
+    if os.environ.get("LABKIT_RUN_ID"):  # ties a results file to the executed notebook of the same run
+        payload["run_id"] = os.environ["LABKIT_RUN_ID"]
     if notes:
         payload["notes"] = notes
     path = results_path(folder, profile)

@@ -60,3 +60,18 @@ def test_environment_report_has_the_contract_fields(capsys):
     assert {"cpu", "gpu", "gpu_count", "versions"} <= set(info)
     assert info["versions"]["numpy"] == np.__version__
     assert "GPU:" in capsys.readouterr().out
+
+
+def test_stage_dir_follows_env_and_is_per_notebook_and_profile(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_STAGE_DIR", str(tmp_path))
+    a, b = labkit.stage_dir("03_locoprop", "full"), labkit.stage_dir("03_locoprop", "smoke")
+    assert a == tmp_path / "03_locoprop.full" and a.is_dir() and a != b
+
+
+def test_keras_framework_follows_keras_backend(monkeypatch):
+    from labkit import env
+    monkeypatch.delitem(__import__("sys").modules, "keras", raising=False)
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    assert env.keras_backend() == "jax"
+    with pytest.raises(ValueError, match="framework"):
+        env._gpu_count("mxnet")
