@@ -15,19 +15,19 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from notebooks import BUILD, NOTEBOOKS, ROOT, all_folders, notebook_path, select  # noqa: E402
+from notebooks import BUILD, NOTEBOOKS, ROOT, all_folders, metadata, notebook_path, select  # noqa: E402
 
 PY = sys.executable
 
 
-def pytest_suite(name: str, args: list) -> tuple:
+def pytest_suite(name: str, args: list, env: dict | None = None) -> tuple:
     """Run pytest with a junit report; return (passed, failed, skipped)."""
     report = BUILD / "test-reports" / f"{name}.xml"
     report.parent.mkdir(parents=True, exist_ok=True)
     if report.exists():
         report.unlink()
     rc = subprocess.run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *args],
-                        cwd=ROOT).returncode
+                        cwd=ROOT, env=dict(os.environ, **(env or {}))).returncode
     if not report.exists():
         return 0, 1, 0  # pytest could not even start: count it as a failure
     suite = ET.parse(report).getroot()
@@ -56,9 +56,15 @@ def main(argv=None) -> int:
     if "unit" not in skip:
         plan.append(("labkit", lambda: pytest_suite("labkit", ["shared/tests"])))
     if "topics" not in skip:
+        meta = metadata()
         for f in folders:
-            if (NOTEBOOKS / f / "tests").is_dir():
-                plan.append((f"topic {f}", lambda f=f: pytest_suite(f"topic-{f}", [f"notebooks/{f}/tests"])))
+            if not (NOTEBOOKS / f / "tests").is_dir():
+                continue
+            # Keras topics run their tests once per backend they promise (ci/metadata.yml), so neither path rots
+            for backend in meta.get(f, {}).get("keras_backends") or [None]:
+                tag, env = (f"topic {f}", None) if backend is None else (f"topic {f} [{backend}]", {"KERAS_BACKEND": backend})
+                plan.append((tag, lambda f=f, b=backend, env=env: pytest_suite(
+                    f"topic-{f}" + (f"-{b}" if b else ""), [f"notebooks/{f}/tests"], env)))
     if "checker" not in skip:
         plan.append(("notebook checker", lambda: script_suite("checker", [PY, "ci/check_notebooks.py"])))
     if "workflows" not in skip:
