@@ -119,6 +119,9 @@ def main(argv=None) -> int:
         raise KeyboardInterrupt
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, ask_to_stop)
+    # Ctrl-C too, set explicitly: a background job (`nohup make lab &`, some CI runners) starts with
+    # SIGINT ignored, Python then keeps it ignored, and Ctrl-C would never stop the server.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     # Own process group: Ctrl-C reaches only this script, which then stops the whole group in order.
     proc = subprocess.Popen(cmd, env=lab_env(), cwd=str(root_dir), start_new_session=True)

@@ -272,14 +272,14 @@ def test_notebook_kernel_starts_in_the_project_env(nb_path):
 # ---------------------------------------------------------------- make lab
 
 
-def test_make_lab_serves_notebooks_on_loopback_and_stops_on_ctrl_c(tmp_path):
-    import signal
-    import urllib.error
-    import urllib.request
+# How a shell starts a background job (`nohup make lab &`, a CI runner's step): SIGINT set to ignored,
+# then exec. A disposition of SIG_IGN survives exec, so lab.py starts with Ctrl-C ignored.
+EXEC_WITH_SIGINT_IGNORED = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                            "os.execv(sys.argv[1], sys.argv[1:])")
 
-    import psutil
 
-    port = free_port()
+def start_lab_script(tmp_path: Path, port: int, sigint_ignored: bool = False) -> ManagedProcess:
+    """ci/lab.py (what `make lab` runs) on `port`, started and printing its token; the caller stops it."""
     env = {k: v for k, v in os.environ.items() if k != "JUPYTER_TOKEN"}
     env.update(JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"), JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"))
     log = tmp_path / "lab.log"
@@ -287,14 +287,50 @@ def test_make_lab_serves_notebooks_on_loopback_and_stops_on_ctrl_c(tmp_path):
     def token_printed() -> bool:
         return "[lab] token:" in log.read_text(errors="replace") if log.exists() else False
 
-    script = ManagedProcess([sys.executable, str(ROOT / "ci" / "lab.py"), "--port", str(port)],
-                            ready=token_printed, name="make-lab", env=env, cwd=str(ROOT),
-                            start_timeout=180, log_path=log)
-    script.start()
+    cmd = [sys.executable, str(ROOT / "ci" / "lab.py"), "--port", str(port)]
+    if sigint_ignored:
+        cmd = [sys.executable, "-c", EXEC_WITH_SIGINT_IGNORED, *cmd]
+    return ManagedProcess(cmd, ready=token_printed, name="make-lab", env=env, cwd=str(ROOT),
+                          start_timeout=180, log_path=log).start()
+
+
+def ctrl_c_stops_everything(script: ManagedProcess, children: list) -> None:
+    """Ctrl-C: SIGINT to the script (the terminal's foreground group holds only the script); it exits 0,
+    and JupyterLab and its kernels are gone."""
+    import signal
+
+    import psutil
+
+    os.kill(script.pid, signal.SIGINT)
+    assert script.proc.wait(timeout=60) == 0
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"left running after Ctrl-C: {alive}"
+    assert "[lab] stopped" in script.log_path.read_text()
+
+
+def kill_leftovers(script: ManagedProcess, children: list) -> None:
+    import psutil
+
+    script.stop()
+    for ch in children:  # a safety net: only the processes this test started, by id
+        try:
+            ch.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def test_make_lab_serves_notebooks_on_loopback_and_stops_on_ctrl_c(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    import psutil
+
+    port = free_port()
+    script = start_lab_script(tmp_path, port)
     children = []
     try:
         children = psutil.Process(script.pid).children(recursive=True)
-        text = log.read_text()
+        text = script.log_path.read_text()
         token = re.search(r"\[lab\] token: (\w+)", text).group(1)
         assert len(token) >= 32
         assert f"http://127.0.0.1:{port}/lab?token={token}" in text
@@ -314,16 +350,30 @@ def test_make_lab_serves_notebooks_on_loopback_and_stops_on_ctrl_c(tmp_path):
         with urllib.request.urlopen(f"{base}api/contents?token={token}", timeout=30) as r:
             listing = {item["name"] for item in json.load(r)["content"]}
         assert {p.parent.name for p in committed_notebooks()} <= listing  # root is notebooks/
-        # Ctrl-C: SIGINT to the script (the terminal's foreground group holds only the script).
-        os.kill(script.pid, signal.SIGINT)
-        assert script.proc.wait(timeout=60) == 0
-        gone, alive = psutil.wait_procs(children, timeout=30)
-        assert not alive, f"left running after Ctrl-C: {alive}"
-        assert "[lab] stopped" in log.read_text()
+        ctrl_c_stops_everything(script, children)
     finally:
-        script.stop()
-        for ch in children:  # a safety net: only the processes this test started, by id
-            try:
-                ch.kill()
-            except psutil.NoSuchProcess:
-                pass
+        kill_leftovers(script, children)
+
+
+def test_the_background_job_setup_really_ignores_sigint():
+    # The control of the next test: a process started the way it starts lab.py sees SIGINT ignored.
+    import subprocess
+
+    probe = "import signal; print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)"
+    out = subprocess.run([sys.executable, "-c", EXEC_WITH_SIGINT_IGNORED, sys.executable, "-c", probe],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "True", out
+
+
+def test_make_lab_started_as_a_background_job_still_stops_on_ctrl_c(tmp_path):
+    # `nohup make lab &` or a runner's background step: SIGINT arrives ignored (issue 21, item 6).
+    import psutil
+
+    script = start_lab_script(tmp_path, free_port(), sigint_ignored=True)
+    children = []
+    try:
+        children = psutil.Process(script.pid).children(recursive=True)
+        assert children, "JupyterLab is not running under lab.py"
+        ctrl_c_stops_everything(script, children)
+    finally:
+        kill_leftovers(script, children)
