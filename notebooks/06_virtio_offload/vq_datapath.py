@@ -21,6 +21,8 @@ from typing import Dict, List, Optional, Tuple
 
 from vq_split import GuestMemory, RingFull, SplitDevice, SplitDriver, SplitLayout
 
+ETH_HLEN = 14
+
 VNET_HDR_LEN = 12   # struct virtio_net_hdr_v1 (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers)
 ETH = struct.Struct("!6s6sH")
 IPV4 = struct.Struct("!BBHHHBBH4s4s")
@@ -145,6 +147,7 @@ class Port:
     rx_drv: SplitDriver
     rx_dev: SplitDevice
     rx_bufs: int = 0
+    rx_length_errors: int = 0
 
     @classmethod
     def create(cls, number: int, q: int = 256, buf_size: int = 2048, mem_size: int = 1 << 23) -> "Port":
@@ -161,9 +164,14 @@ class Port:
         return p
 
     def guest_send(self, frame: bytes) -> bool:
-        """Guest driver: copy a frame (with its virtio-net header) into a TX buffer and expose it."""
-        while self.tx_drv.get_used() is not None:   # reclaim completed TX buffers
-            pass
+        """Guest driver: copy a frame (with its virtio-net header) into a TX buffer and expose it.
+
+        Returns False when no TX buffer or descriptor is free (the guest would stop its TX queue).
+        """
+        if VNET_HDR_LEN + len(frame) > self.buf_size:
+            raise ValueError(f"frame of {len(frame)} bytes + {VNET_HDR_LEN}-byte virtio-net header does not fit "
+                             f"a {self.buf_size}-byte TX buffer")
+        self.reclaim_tx()   # completed TX buffers go back to the pool (as virtio_net's free_old_xmit)
         if not self.tx_pool:
             return False
         addr = self.tx_pool.pop()
@@ -175,23 +183,33 @@ class Port:
             return False
         return True
 
-    def reclaim_tx(self):
-        while True:
-            u = self.tx_drv.get_used()
-            if u is None:
-                return
+    def reclaim_tx(self) -> int:
+        """Return every completed TX buffer to tx_pool; returns how many."""
+        n = 0
+        while (u := self.tx_drv.get_used()) is not None:
             self.tx_pool.append(u[0])
+            n += 1
+        return n
 
-    def guest_receive(self, keep: bool = False) -> List[bytes]:
-        """Guest driver: take received frames (without their virtio-net header) and re-post the buffers."""
+    def guest_receive(self, keep: bool = False) -> List:
+        """Guest driver: take received frames (without their virtio-net header) and re-post the buffers.
+
+        keep=True returns the frames' bytes, otherwise their used lengths. A used length shorter than the
+        virtio-net header plus an Ethernet header is dropped and counted in rx_length_errors, as Linux's
+        virtio_net receive_buf() does ("short packet"); a length larger than the posted buffer never gets
+        here (SplitDriver.get_used raises RingError).
+        """
         out = []
         while True:
             u = self.rx_drv.get_used()
             if u is None:
                 return out
             addr, n = u
-            out.append(self.mem.read(addr + VNET_HDR_LEN, n - VNET_HDR_LEN) if keep else n)
-            self.rx_bufs += 1
+            if n < VNET_HDR_LEN + ETH_HLEN:
+                self.rx_length_errors += 1
+            else:
+                out.append(self.mem.read(addr + VNET_HDR_LEN, n - VNET_HDR_LEN) if keep else n)
+                self.rx_bufs += 1
             self.rx_drv.add(in_=[(addr, self.buf_size)], token=addr)
 
 
@@ -335,7 +353,6 @@ def run_traffic(n_packets: int = 20000, n_flows: int = 200, payload: int = 1024,
             sent += 1
         p1.tx_drv.kick_needed()
         sw.poll(p1, budget=batch)
-        p1.reclaim_tx()
         received += len(p2.guest_receive())
     return sw.cost, sw, {"sent": sent, "received": received, "tx_kicks": p1.tx_drv.kicks,
                          "tx_interrupts": p1.tx_dev.interrupts, "rx_interrupts": p2.rx_dev.interrupts}

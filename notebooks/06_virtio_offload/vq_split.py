@@ -14,6 +14,16 @@ Layout for a queue of size Q (a power of two, at most 32768), all fields little-
 
 The indices `avail.idx` and `used.idx` are free-running 16-bit counters: they are never reduced modulo Q
 when stored, only when used to address a slot, and they wrap from 65535 to 0.
+
+Rules enforced here, quoted from the VIRTIO 1.2 spec (oasis-tcs/virtio-spec split-ring.tex), each refused with
+an error that names the rule:
+- 2.7.5.3.1 "A driver MUST NOT create a descriptor chain longer than the Queue Size of the device" (indirect
+  tables included; Linux virtqueue_add_split: BUG_ON(total_sg > vq->vring.num)) -> ChainTooLong;
+- 2.7.5.3.1 no VIRTQ_DESC_F_INDIRECT within an indirect table, not INDIRECT together with NEXT -> RingError;
+- 2.7.4.2 device-writable elements after all device-readable ones (vhost: "Descriptor has out after in");
+- 2.7.5.2 a chain holds at most 2^32 bytes in total; le32 `len` and le64 `addr` must fit their fields;
+- 2.7.8.2 the device writes at least `len` bytes into the writable part, so a used `len` larger than the buffer
+  the driver posted is a broken ring (RingError), never bytes from neighbouring memory.
 """
 from __future__ import annotations
 
@@ -31,6 +41,7 @@ VRING_USED_F_NO_NOTIFY = 1
 # feature bits
 VIRTIO_F_INDIRECT_DESC = 28
 VIRTIO_F_EVENT_IDX = 29
+VIRTIO_F_IN_ORDER = 35
 
 DESC = struct.Struct("<QIHH")     # addr, len, flags, next: 16 bytes
 U16 = struct.Struct("<H")
@@ -38,11 +49,54 @@ USED_ELEM = struct.Struct("<II")  # id, len: 8 bytes
 
 
 class RingFull(Exception):
-    """The driver has fewer free descriptors than the buffer needs: the buffer is refused."""
+    """Fewer descriptors are free than the buffer needs right now: wait for used buffers, then retry."""
 
 
 class RingError(Exception):
     """The ring's contents violate the spec (a loop in a chain, an index jump larger than Q, ...)."""
+
+
+class DescriptorError(ValueError):
+    """The driver was asked for a buffer the spec forbids: waiting can never make it valid."""
+
+
+class ChainTooLong(DescriptorError):
+    """More pieces than the queue has entries (2.7.5.3.1), whether direct or through an indirect table."""
+
+
+class GuestMemoryError(ValueError):
+    """An access to guest memory outside the memory that exists."""
+
+
+CHAIN_RULE = ('"A driver MUST NOT create a descriptor chain longer than the Queue Size of the device" '
+              '(VIRTIO 1.2 2.7.5.3.1; the same for packed rings and for indirect tables)')
+
+
+def check_pieces(mem: "GuestMemory", out: Sequence, in_: Sequence, q: int) -> list:
+    """Validate a buffer the driver is asked to expose; returns [(addr, len, WRITE-or-0), ...].
+
+    Everything refused here is refused for good (DescriptorError), never as RingFull.
+    """
+    pieces = [(a, n, 0) for a, n in out] + [(a, n, VRING_DESC_F_WRITE) for a, n in in_]
+    if not pieces:
+        raise DescriptorError("a buffer needs at least one piece")
+    if len(pieces) > q:
+        raise ChainTooLong(f"a buffer of {len(pieces)} pieces needs a chain of {len(pieces)} descriptors, longer "
+                           f"than the queue size {q}: {CHAIN_RULE}. Waiting cannot help; use fewer, larger pieces.")
+    for a, n, _ in pieces:
+        if not (isinstance(a, int) and isinstance(n, int)):
+            raise DescriptorError(f"piece ({a!r}, {n!r}): addr and len must be integers")
+        if not 0 <= n <= 0xFFFFFFFF:
+            raise DescriptorError(f"piece len {n} does not fit the descriptor's le32 len (0..2^32-1)")
+        if not 0 <= a <= 0xFFFFFFFFFFFFFFFF:
+            raise DescriptorError(f"piece addr {a} does not fit the descriptor's le64 addr")
+    total = sum(n for _, n, _ in pieces)
+    if total > 1 << 32:
+        raise DescriptorError(f"chain of {total} bytes: 'Drivers MUST NOT add a descriptor chain longer than 2^32 "
+                              f"bytes in total' (VIRTIO 1.2 2.7.5.2)")
+    for a, n, _ in pieces:
+        mem.check(a, n, "piece")
+    return pieces
 
 
 def u16(x: int) -> int:
@@ -72,6 +126,10 @@ class SplitLayout:
     def __post_init__(self):
         if self.q < 1 or self.q > 32768 or self.q & (self.q - 1):
             raise ValueError(f"queue size {self.q} must be a power of two between 1 and 32768")
+        a = self.used_align
+        if not isinstance(a, int) or a < 4 or a & (a - 1):
+            raise ValueError(f"used_align {a!r} must be a power of two >= 4: the used ring is 4-aligned "
+                             f"(VIRTIO 1.2 2.7, VRING_USED_ALIGN_SIZE), legacy layouts use 4096")
 
     # descriptor table
     @property
@@ -150,10 +208,18 @@ class GuestMemory:
         self._top = addr + size
         return addr
 
+    def check(self, addr: int, n: int, what: str = "access") -> None:
+        """Raise GuestMemoryError unless [addr, addr + n) lies inside guest memory."""
+        if addr < 0 or n < 0 or addr + n > len(self.buf):
+            raise GuestMemoryError(f"{what} [{addr:#x}, {addr + n:#x}) ({n} bytes) is outside guest memory "
+                                   f"[0, {len(self.buf):#x})")
+
     def write(self, addr: int, data: bytes) -> None:
+        self.check(addr, len(data), "write")
         self.view[addr:addr + len(data)] = data
 
     def read(self, addr: int, n: int) -> bytes:
+        self.check(addr, n, "read")
         return bytes(self.view[addr:addr + n])
 
     def u16(self, addr: int) -> int:
@@ -177,10 +243,6 @@ class Chain:
         return sum(n for _, n in self.writable)
 
 
-def _rw_split(out: Sequence, in_: Sequence):
-    return [(a, n, 0) for a, n in out] + [(a, n, VRING_DESC_F_WRITE) for a, n in in_]
-
-
 def _absolute_offsets(obj, base: int, L: SplitLayout) -> None:
     """Cache the absolute address of every ring field (the layout arithmetic is done once)."""
     obj.a_avail_flags, obj.a_avail_idx = base + L.avail_flags, base + L.avail_idx
@@ -198,7 +260,7 @@ class SplitDriver:
         self.q = q
         _absolute_offsets(self, base, self.L)
         self.event_idx = event_idx
-        self.indirect_ok = indirect
+        self.indirect_ok = indirect             # VIRTIO_F_INDIRECT_DESC negotiated
         # free list threaded through desc.next, as in Linux
         for i in range(q):
             self._write_desc(i, 0, 0, 0, (i + 1) % q)
@@ -207,7 +269,7 @@ class SplitDriver:
         self.avail_idx = u16(start_index)       # shadow of avail.idx
         self.last_used_idx = u16(start_index)   # next used entry to reclaim
         self.kicked_at = u16(start_index)       # avail idx at the previous kick decision
-        self.tokens = {}                        # head -> (token, ndesc, indirect table address)
+        self.tokens = {}                        # head -> (token, ndesc, indirect table address, writable bytes)
         mem.set_u16(self.a_avail_flags, 0)
         mem.set_u16(self.a_avail_idx, self.avail_idx)
         mem.set_u16(self.a_used_event, self.last_used_idx)
@@ -226,15 +288,25 @@ class SplitDriver:
             token=None, indirect: Optional[bool] = None) -> int:
         """Expose one buffer made of device-readable `out` then device-writable `in_` pieces.
 
-        Returns the head descriptor index. Raises RingFull when not enough descriptors are free.
-        With indirect=True (or None and more than one piece), the pieces go into a separate table
-        in guest memory and the ring spends one descriptor on it. (The demo allocator never frees
-        indirect tables; fine for the notebook's few, not for millions of indirect buffers.)
+        Returns the head descriptor index. indirect=None follows Linux's virtqueue_use_indirect(): an
+        indirect table whenever VIRTIO_F_INDIRECT_DESC was negotiated, the buffer has more than one piece
+        and a descriptor is free; True asks for a table (error if not negotiated), False for a direct chain.
+        With a table, the pieces go into guest memory and the ring spends one descriptor on it. (The demo
+        allocator never frees indirect tables; fine for the notebook, not for millions of indirect buffers.)
+
+        Raises ChainTooLong (a DescriptorError) for more pieces than the queue size, direct or indirect
+        (2.7.5.3.1), DescriptorError for other buffers the spec forbids, and RingFull only when waiting
+        for used buffers can help.
         """
-        pieces = _rw_split(out, in_)
-        if not pieces:
-            raise ValueError("a buffer needs at least one piece")
-        use_indirect = self.indirect_ok and (indirect if indirect is not None else False) and len(pieces) > 1
+        pieces = check_pieces(self.mem, out, in_, self.q)
+        if indirect and not self.indirect_ok:
+            raise DescriptorError("indirect=True, but VIRTIO_F_INDIRECT_DESC was not negotiated: 'The driver "
+                                  "MUST NOT set the VIRTQ_DESC_F_INDIRECT flag unless the VIRTIO_F_INDIRECT_DESC "
+                                  "feature was negotiated' (VIRTIO 1.2 2.7.5.3.1)")
+        if indirect is None:
+            use_indirect = self.indirect_ok and len(pieces) > 1 and self.num_free > 0
+        else:
+            use_indirect = bool(indirect)
         need = 1 if use_indirect else len(pieces)
         if need > self.num_free:
             raise RingFull(f"{need} descriptor(s) needed, {self.num_free} free of {self.q}")
@@ -259,7 +331,8 @@ class SplitDriver:
                     self.free_head = nxt
                 i = nxt
         self.num_free -= need
-        self.tokens[head] = (token, need, table_addr)
+        writable = sum(n for _, n, f in pieces if f & VRING_DESC_F_WRITE)
+        self.tokens[head] = (token, need, table_addr, writable)
         # publish: ring entry first, then (after a write barrier in real code) the index
         self.mem.set_u16(self.a_avail_ring + 2 * (self.avail_idx % self.q), head)
         self.avail_idx = u16(self.avail_idx + 1)
@@ -282,7 +355,11 @@ class SplitDriver:
         return self.last_used_idx != self.mem.u16(self.a_used_idx)
 
     def get_used(self):
-        """(token, written length) of the next used buffer, or None. Frees its descriptors."""
+        """(token, written length) of the next used buffer, or None. Frees its descriptors.
+
+        Raises RingError (and changes nothing) when the device broke the ring: used.idx more than Q ahead,
+        an id that is not in flight, or a `len` larger than the writable bytes of that buffer.
+        """
         used_idx = self.mem.u16(self.a_used_idx)
         if self.last_used_idx == used_idx:
             return None
@@ -291,7 +368,12 @@ class SplitDriver:
         head, length = USED_ELEM.unpack_from(self.mem.buf, self.a_used_ring + 8 * (self.last_used_idx % self.q))
         if head not in self.tokens:
             raise RingError(f"device returned id {head}, which is not in flight")
-        token, ndesc, _table = self.tokens.pop(head)
+        token, ndesc, _table, writable = self.tokens[head]
+        if length > writable:
+            raise RingError(f"device reported len {length} for buffer {head}, which has only {writable} "
+                            f"device-writable bytes (VIRTIO 1.2 2.7.8.2: the device writes at least len bytes "
+                            f"into the writable part); refusing to read past the buffer")
+        del self.tokens[head]
         # walk to the chain's tail and splice the chain onto the free list
         i = head
         for _ in range(ndesc - 1):
@@ -313,10 +395,12 @@ class SplitDriver:
 class SplitDevice:
     """The device side: pop available chains, read/write their buffers, push used entries."""
 
-    def __init__(self, mem: GuestMemory, base: int, q: int, event_idx: bool = True, start_index: int = 0):
+    def __init__(self, mem: GuestMemory, base: int, q: int, event_idx: bool = True, start_index: int = 0,
+                 indirect: bool = True):
         self.mem, self.base, self.L, self.q = mem, base, SplitLayout(q), q
         _absolute_offsets(self, base, self.L)
         self.event_idx = event_idx
+        self.indirect_ok = indirect
         self.last_avail_idx = u16(start_index)
         self.used_idx = u16(start_index)
         self.signalled_at = u16(start_index)
@@ -331,57 +415,95 @@ class SplitDevice:
             raise RingError(f"driver moved avail.idx {n} entries ahead of Q={self.q}")
         return n
 
+    def _desc(self, table: int, i: int, where: str):
+        try:
+            self.mem.check(table + 16 * i, 16, f"{where} descriptor {i}")
+        except GuestMemoryError as e:
+            raise RingError(str(e)) from None
+        return DESC.unpack_from(self.mem.buf, table + 16 * i)
+
     def pop(self) -> Optional[Chain]:
-        """Take the next available chain, or None when the ring is empty."""
+        """Take the next available chain, or None when the ring is empty.
+
+        Walks zero or more direct descriptors, optionally followed by one INDIRECT descriptor (which the
+        device MUST handle, 2.7.5.3.2), and raises RingError for anything the spec forbids.
+        """
         if self.avail_count() == 0:
             return None
-        buf, L, base = self.mem.buf, self.L, self.base
-        head = U16.unpack_from(buf, self.a_avail_ring + 2 * (self.last_avail_idx % self.q))[0]
+        head = U16.unpack_from(self.mem.buf, self.a_avail_ring + 2 * (self.last_avail_idx % self.q))[0]
         if head >= self.q:
             raise RingError(f"avail ring names descriptor {head} >= Q={self.q}")
         chain = Chain(head=head)
-        table, limit, i = base, self.q, head
-        a, n, f, nxt = DESC.unpack_from(buf, base + 16 * i)
-        if f & VRING_DESC_F_INDIRECT:
-            if n % 16 or n == 0:
-                raise RingError(f"indirect table length {n} is not a positive multiple of 16")
-            table, limit, i = a, n // 16, 0
-            chain.indirect = True
-            a, n, f, nxt = DESC.unpack_from(buf, table + 0)
-        count = 0
+        table, limit, i, where = self.base, self.q, head, "ring"
+        seen_write = False
         while True:
-            count += 1
-            if count > limit:
-                raise RingError("descriptor chain loops or is longer than its table")
-            (chain.writable if f & VRING_DESC_F_WRITE else chain.readable).append((a, n))
+            a, n, f, nxt = self._desc(table, i, where)
+            chain.ndesc += 1
+            if chain.ndesc > self.q:
+                raise RingError(f"descriptor chain loops or is longer than the queue size {self.q}: {CHAIN_RULE}")
+            if f & VRING_DESC_F_INDIRECT:
+                if chain.indirect:
+                    raise RingError("VIRTQ_DESC_F_INDIRECT inside an indirect table: 'The driver MUST NOT set the "
+                                    "VIRTQ_DESC_F_INDIRECT flag within an indirect descriptor' (VIRTIO 1.2 2.7.5.3.1)")
+                if not self.indirect_ok:
+                    raise RingError("VIRTQ_DESC_F_INDIRECT used but VIRTIO_F_INDIRECT_DESC was not negotiated")
+                if f & VRING_DESC_F_NEXT:
+                    raise RingError("descriptor has both INDIRECT and NEXT: 'A driver MUST NOT set both "
+                                    "VIRTQ_DESC_F_INDIRECT and VIRTQ_DESC_F_NEXT in flags' (VIRTIO 1.2 2.7.5.3.1)")
+                if n % 16 or n == 0:
+                    raise RingError(f"indirect table length {n} is not a positive multiple of 16")
+                try:
+                    self.mem.check(a, n, "indirect table")
+                except GuestMemoryError as e:
+                    raise RingError(str(e)) from None
+                chain.ndesc -= 1          # the table's descriptor carries no data
+                chain.indirect = True
+                table, limit, i, where = a, n // 16, 0, "indirect"
+                continue
+            try:
+                self.mem.check(a, n, f"{where} descriptor {i}'s buffer")
+            except GuestMemoryError as e:
+                raise RingError(str(e)) from None
+            if f & VRING_DESC_F_WRITE:
+                seen_write = True
+                chain.writable.append((a, n))
+            elif seen_write:
+                raise RingError("device-readable descriptor after a device-writable one: 'The driver MUST place "
+                                "any device-writable descriptor elements after any device-readable descriptor "
+                                "elements' (VIRTIO 1.2 2.7.4.2; vhost: 'Descriptor has out after in')")
+            else:
+                chain.readable.append((a, n))
             if not f & VRING_DESC_F_NEXT:
                 break
             i = nxt
             if i >= limit:
                 raise RingError(f"next={i} outside a table of {limit}")
-            a, n, f, nxt = DESC.unpack_from(buf, table + 16 * i)
-        chain.ndesc = count
         self.last_avail_idx = u16(self.last_avail_idx + 1)
         if self.event_idx:   # "kick me when you add past this one"
             self.mem.set_u16(self.a_avail_event, self.last_avail_idx)
         return chain
 
     def read_out(self, chain: Chain) -> bytes:
+        """The chain's device-readable bytes (GuestMemoryError if a piece lies outside guest memory)."""
         return b"".join(self.mem.read(a, n) for a, n in chain.readable)
 
     def write_in(self, chain: Chain, data: bytes) -> int:
-        """Scatter `data` over the chain's writable pieces; returns bytes written (truncates)."""
+        """Scatter `data` over the chain's writable pieces; returns bytes written (at most write_capacity)."""
         off = 0
         for a, n in chain.writable:
             if off >= len(data):
                 break
             k = min(n, len(data) - off)
-            self.mem.view[a:a + k] = data[off:off + k]
+            self.mem.write(a, data[off:off + k])
             off += k
         return off
 
     def push(self, head: int, written: int) -> None:
         """Return a chain to the driver: used.ring[used_idx % Q] = {head, written}, then bump used.idx."""
+        if not 0 <= head < self.q:
+            raise ValueError(f"used id {head} is not a descriptor index of a queue of {self.q}")
+        if not 0 <= written <= 0xFFFFFFFF:
+            raise ValueError(f"used len {written} does not fit the le32 len field")
         USED_ELEM.pack_into(self.mem.buf, self.a_used_ring + 8 * (self.used_idx % self.q), head, written)
         self.used_idx = u16(self.used_idx + 1)
         self.mem.set_u16(self.a_used_idx, self.used_idx)
@@ -399,13 +521,13 @@ class SplitDevice:
 
 
 def make_queue(q: int = 256, mem_size: int = 1 << 22, event_idx: bool = True, start_index: int = 0,
-               mem: Optional[GuestMemory] = None):
+               mem: Optional[GuestMemory] = None, indirect: bool = True):
     """A GuestMemory with one split virtqueue in it, and the driver and device that share it."""
     mem = mem or GuestMemory(mem_size)
     L = SplitLayout(q)
     base = mem.alloc(L.size, 4096)
-    drv = SplitDriver(mem, base, q, event_idx=event_idx, start_index=start_index)
-    dev = SplitDevice(mem, base, q, event_idx=event_idx, start_index=start_index)
+    drv = SplitDriver(mem, base, q, event_idx=event_idx, start_index=start_index, indirect=indirect)
+    dev = SplitDevice(mem, base, q, event_idx=event_idx, start_index=start_index, indirect=indirect)
     return mem, drv, dev
 
 

@@ -1,6 +1,10 @@
 import random
+import struct
+
+import pytest
 
 import vq_datapath as dp
+from vq_split import RingError
 
 
 def test_parse_key_of_a_built_frame():
@@ -70,3 +74,46 @@ def test_small_cache_means_more_upcalls():
     c_big, _, _ = dp.run_traffic(n_packets=3000, n_flows=400, cache_capacity=4096, seed=2)
     c_small, _, _ = dp.run_traffic(n_packets=3000, n_flows=400, cache_capacity=16, seed=2)
     assert c_small.upcalls > 2 * c_big.upcalls
+
+
+def test_guest_send_returns_finished_tx_buffers_to_the_pool():
+    """The leak: after Q sends the pool was empty forever. Now each send reclaims into tx_pool."""
+    p1, p2 = dp.Port.create(1, q=8), dp.Port.create(2, q=8)
+    sw = dp.Switch([p1, p2], dp.default_rules(2))
+    frame = dp.build_udp_frame("10.0.1.1", "10.0.2.2", 5000, 80, 64)
+    sent = 0
+    for _ in range(10):                 # 50 frames through an 8-entry queue, no reclaim_tx() by the caller
+        for _ in range(5):
+            sent += p1.guest_send(frame)
+        sw.poll(p1)
+        p2.guest_receive()
+    assert sent == 50 and sw.cost.delivered == 50
+    p1.reclaim_tx()
+    assert len(p1.tx_pool) == 8 and p1.tx_drv.num_free == 8
+
+
+def test_guest_send_refuses_a_frame_larger_than_its_buffer():
+    p = dp.Port.create(1, q=4, buf_size=256)
+    with pytest.raises(ValueError, match="does not fit"):
+        p.guest_send(bytes(256 - dp.VNET_HDR_LEN + 1))
+    assert len(p.tx_pool) == 4 and p.tx_drv.num_free == 4
+
+
+def _device_returns_rx(port, length):
+    ch = port.rx_dev.pop()
+    port.rx_dev.push(ch.head, min(length, ch.write_capacity))
+    struct.pack_into("<II", port.mem.buf, port.rx_drv.base + port.rx_drv.L.used_ring(0), ch.head, length)
+
+
+def test_rx_len_larger_than_the_posted_buffer_is_an_error_not_neighbouring_memory():
+    p = dp.Port.create(2, q=4, buf_size=512)
+    _device_returns_rx(p, 5000)
+    with pytest.raises(RingError, match="len 5000"):
+        p.guest_receive(keep=True)
+
+
+def test_rx_len_shorter_than_the_headers_is_dropped_and_counted():
+    p = dp.Port.create(2, q=4, buf_size=512)
+    _device_returns_rx(p, dp.VNET_HDR_LEN - 2)
+    assert p.guest_receive(keep=True) == [] and p.rx_length_errors == 1
+    assert p.rx_drv.num_free == 0                # the buffer was posted again

@@ -62,7 +62,7 @@ def test_bad_queue_sizes_are_rejected(q):
 def test_bytes_of_a_two_piece_chain():
     mem, drv, dev = vs.make_queue(q=8)
     a, b = mem.alloc(100), mem.alloc(200)
-    head = drv.add(out=[(a, 100)], in_=[(b, 200)], token="t")
+    head = drv.add(out=[(a, 100)], in_=[(b, 200)], token="t", indirect=False)
     base, L = drv.base, drv.L
     d0 = struct.unpack_from("<QIHH", mem.buf, base + L.desc_entry(head))
     assert d0 == (a, 100, vs.VRING_DESC_F_NEXT, d0[3])
@@ -91,18 +91,42 @@ def test_chain_round_trip_device_reads_and_writes():
 
 def test_indirect_descriptor_uses_one_ring_slot():
     mem, drv, dev = vs.make_queue(q=4)
-    bufs = [(mem.alloc(10), 10) for _ in range(6)]
+    bufs = [(mem.alloc(10), 10) for _ in range(4)]
     for i, (a, _) in enumerate(bufs):
         mem.write(a, bytes([i]) * 10)
     head = drv.add(out=bufs, indirect=True, token="ind")
-    assert drv.num_free == 3      # six pieces, one descriptor
+    assert drv.num_free == 3      # four pieces, one descriptor
     flags = struct.unpack_from("<QIHH", mem.buf, drv.base + 16 * head)[2]
     assert flags == vs.VRING_DESC_F_INDIRECT
     ch = dev.pop()
-    assert ch.indirect and ch.ndesc == 6
-    assert dev.read_out(ch) == b"".join(bytes([i]) * 10 for i in range(6))
+    assert ch.indirect and ch.ndesc == 4
+    assert dev.read_out(ch) == b"".join(bytes([i]) * 10 for i in range(4))
     dev.push(ch.head, 0)
     assert drv.get_used() == ("ind", 0) and drv.num_free == 4
+
+
+@pytest.mark.parametrize("n,indirect", [(5, True), (9, True), (5, False), (5, None)])
+def test_chain_longer_than_the_queue_is_refused_for_good(n, indirect):
+    """2.7.5.3.1: no chain longer than the Queue Size, through an indirect table or not; not RingFull."""
+    mem, drv, dev = vs.make_queue(q=4)
+    buf = mem.alloc(8)
+    with pytest.raises(vs.ChainTooLong, match="MUST NOT create a descriptor chain longer than the Queue Size"):
+        drv.add(out=[(buf, 8)] * n, indirect=indirect)
+    assert drv.num_free == 4 and dev.pop() is None and not isinstance(vs.ChainTooLong("x"), vs.RingFull)
+
+
+def test_indirect_none_follows_linux_virtqueue_use_indirect():
+    mem, drv, dev = vs.make_queue(q=8)
+    a = mem.alloc(64)
+    drv.add(out=[(a, 8), (a, 8)])                  # several pieces, negotiated: one indirect descriptor
+    assert drv.num_free == 7 and dev.pop().indirect
+    drv.add(out=[(a, 8)])                          # one piece: direct
+    assert drv.num_free == 6 and not dev.pop().indirect
+    mem2, drv2, dev2 = vs.make_queue(q=8, indirect=False)
+    drv2.add(out=[(a, 8), (a, 8)])                 # not negotiated: a direct chain
+    assert drv2.num_free == 6 and not dev2.pop().indirect
+    with pytest.raises(vs.DescriptorError, match="not negotiated"):
+        drv2.add(out=[(a, 8), (a, 8)], indirect=True)
 
 
 def test_full_ring_refuses_buffers_until_one_is_used():
@@ -113,9 +137,9 @@ def test_full_ring_refuses_buffers_until_one_is_used():
     with pytest.raises(vs.RingFull):
         drv.add(out=[(buf, 64)], token="x")
     mem2, drv2, _ = vs.make_queue(q=4)
-    drv2.add(out=[(buf, 8)] * 3)
+    drv2.add(out=[(buf, 8)] * 3, indirect=False)
     with pytest.raises(vs.RingFull):   # a chain of two does not fit into one free descriptor
-        drv2.add(out=[(buf, 8), (buf, 8)])
+        drv2.add(out=[(buf, 8), (buf, 8)], indirect=False)
     ch = dev.pop()
     dev.push(ch.head, 0)
     assert drv.get_used() == (0, 0)
@@ -190,10 +214,10 @@ def test_indices_wrap_past_65535_in_a_real_run():
     buf = mem.alloc(32)
     seen_wrap = False
     for i in range(70_000):
-        drv.add(out=[(buf, 32)], token=i)
+        drv.add(in_=[(buf, 32)], token=i)
         ch = dev.pop()
-        dev.push(ch.head, i & 0xFF)
-        assert drv.get_used() == (i, i & 0xFF)
+        dev.push(ch.head, i & 0x1F)
+        assert drv.get_used() == (i, i & 0x1F)
         if mem.u16(drv.base + drv.L.avail_idx) == 0:
             seen_wrap = True
     assert seen_wrap
@@ -211,7 +235,7 @@ def test_wrap_with_many_entries_outstanding():
     got = []
     for _ in range(12):
         ch = dev.pop()
-        dev.push(ch.head, 1)
+        dev.push(ch.head, 0)
     while (u := drv.get_used()) is not None:
         got.append(u[0])
     assert got == list(range(12)) and drv.num_free == 16
@@ -227,9 +251,140 @@ def test_device_rejects_an_index_jump_larger_than_the_queue():
 def test_device_detects_a_descriptor_loop():
     mem, drv, dev = vs.make_queue(q=4)
     buf = mem.alloc(8)
-    head = drv.add(out=[(buf, 8), (buf, 8)])
+    head = drv.add(out=[(buf, 8), (buf, 8)], indirect=False)
     # corrupt: make the second descriptor point back to the head with NEXT set
     second = struct.unpack_from("<QIHH", mem.buf, drv.base + 16 * head)[3]
     struct.pack_into("<QIHH", mem.buf, drv.base + 16 * second, buf, 8, vs.VRING_DESC_F_NEXT, head)
     with pytest.raises(vs.RingError):
         dev.pop()
+
+
+# --- bad input: each case is a clear error, never silent corruption --------------------------------------------
+
+@pytest.mark.parametrize("align", [0, 1, 2, 3, 6, 4095])
+def test_used_align_must_be_a_power_of_two_of_at_least_4(align):
+    with pytest.raises(ValueError, match="used_align"):
+        vs.SplitLayout(8, used_align=align)
+
+
+@pytest.mark.parametrize("length", [-1, 1 << 32])
+def test_piece_len_outside_le32_is_refused(length):
+    mem, drv, _ = vs.make_queue(q=4)
+    with pytest.raises(vs.DescriptorError, match="le32"):
+        drv.add(out=[(mem.alloc(8), length)])
+    assert drv.num_free == 4
+
+
+def test_chain_of_more_than_2_32_bytes_is_refused():
+    mem, drv, _ = vs.make_queue(q=4)
+    with pytest.raises(vs.DescriptorError, match="2\\^32 bytes"):
+        drv.add(out=[(64, (1 << 32) - 1), (64, 2)], indirect=False)
+
+
+def test_piece_outside_guest_memory_is_refused_by_the_driver():
+    mem, drv, _ = vs.make_queue(q=4, mem_size=1 << 16)
+    with pytest.raises(vs.GuestMemoryError, match="outside guest memory"):
+        drv.add(out=[((1 << 16) - 4, 8)])
+
+
+def test_device_reads_and_writes_only_inside_guest_memory():
+    mem, drv, dev = vs.make_queue(q=4, mem_size=1 << 16)
+    top = len(mem.buf)
+    for pieces in ([(top - 4, 8)], [(top + 100, 8)]):
+        with pytest.raises(vs.GuestMemoryError, match="outside guest memory"):
+            dev.read_out(vs.Chain(head=0, readable=pieces))
+        with pytest.raises(vs.GuestMemoryError, match="outside guest memory"):
+            dev.write_in(vs.Chain(head=0, writable=pieces), b"x" * 8)
+    # a descriptor that points outside memory is caught when the device pops it
+    a = mem.alloc(8)
+    head = drv.add(out=[(a, 8)])
+    struct.pack_into("<QIHH", mem.buf, drv.base + 16 * head, top - 4, 8, 0, 0)
+    with pytest.raises(vs.RingError, match="outside guest memory"):
+        dev.pop()
+
+
+def _raw_chain(mem, drv, descs, table=None):
+    """Write descriptors by hand (as a buggy driver would) and publish descriptor 0 of the ring."""
+    base = table if table is not None else drv.base
+    for i, d in enumerate(descs):
+        struct.pack_into("<QIHH", mem.buf, base + 16 * i, *d)
+    mem.set_u16(drv.base + drv.L.avail_ring(0), 0)
+    mem.set_u16(drv.base + drv.L.avail_idx, 1)
+
+
+def test_device_refuses_indirect_together_with_next():
+    mem, drv, dev = vs.make_queue(q=4)
+    t, a = mem.alloc(32), mem.alloc(8)
+    struct.pack_into("<QIHH", mem.buf, t, a, 8, 0, 0)
+    _raw_chain(mem, drv, [(t, 16, vs.VRING_DESC_F_INDIRECT | vs.VRING_DESC_F_NEXT, 1), (a, 8, 0, 0)])
+    with pytest.raises(vs.RingError, match="both INDIRECT and NEXT"):
+        dev.pop()
+
+
+def test_device_refuses_an_indirect_descriptor_inside_an_indirect_table():
+    mem, drv, dev = vs.make_queue(q=4)
+    t1, t2, a = mem.alloc(16), mem.alloc(16), mem.alloc(8)
+    struct.pack_into("<QIHH", mem.buf, t2, a, 8, 0, 0)
+    struct.pack_into("<QIHH", mem.buf, t1, t2, 16, vs.VRING_DESC_F_INDIRECT, 0)
+    _raw_chain(mem, drv, [(t1, 16, vs.VRING_DESC_F_INDIRECT, 0)])
+    with pytest.raises(vs.RingError, match="inside an indirect table"):
+        dev.pop()
+
+
+@pytest.mark.parametrize("via_table", [False, True])
+def test_device_refuses_readable_after_writable(via_table):
+    mem, drv, dev = vs.make_queue(q=4)
+    a, b = mem.alloc(8), mem.alloc(8)
+    descs = [(a, 8, vs.VRING_DESC_F_WRITE | vs.VRING_DESC_F_NEXT, 1), (b, 8, 0, 0)]
+    if via_table:
+        t = mem.alloc(32)
+        _raw_chain(mem, drv, descs, table=t)
+        _raw_chain(mem, drv, [(t, 32, vs.VRING_DESC_F_INDIRECT, 0)])
+    else:
+        _raw_chain(mem, drv, descs)
+    with pytest.raises(vs.RingError, match="readable descriptor after a device-writable"):
+        dev.pop()
+
+
+def test_device_refuses_an_indirect_table_longer_than_the_queue():
+    mem, drv, dev = vs.make_queue(q=4)
+    t, a = mem.alloc(16 * 5), mem.alloc(8)
+    _raw_chain(mem, drv, [(a, 8, vs.VRING_DESC_F_NEXT, i + 1) for i in range(4)] + [(a, 8, 0, 0)], table=t)
+    _raw_chain(mem, drv, [(t, 16 * 5, vs.VRING_DESC_F_INDIRECT, 0)])
+    with pytest.raises(vs.RingError, match="longer than the queue size"):
+        dev.pop()
+
+
+def test_device_handles_direct_descriptors_followed_by_one_indirect():
+    """2.7.5.3.2: 'The device MUST handle the case of zero or more normal chained descriptors followed by a
+    single descriptor with flags&VIRTQ_DESC_F_INDIRECT.'"""
+    mem, drv, dev = vs.make_queue(q=4)
+    a, b, c, t = mem.alloc(8), mem.alloc(8), mem.alloc(8), mem.alloc(32)
+    for addr, byte in ((a, b"A"), (b, b"B"), (c, b"C")):
+        mem.write(addr, byte * 8)
+    _raw_chain(mem, drv, [(b, 8, vs.VRING_DESC_F_NEXT, 1), (c, 8, vs.VRING_DESC_F_WRITE, 0)], table=t)
+    _raw_chain(mem, drv, [(a, 8, vs.VRING_DESC_F_NEXT, 1), (t, 32, vs.VRING_DESC_F_INDIRECT, 0)])
+    ch = dev.pop()
+    assert ch.indirect and ch.ndesc == 3 and dev.read_out(ch) == b"A" * 8 + b"B" * 8 and ch.writable == [(c, 8)]
+
+
+def test_used_len_larger_than_the_posted_buffer_breaks_the_ring_not_memory():
+    mem, drv, dev = vs.make_queue(q=4)
+    a = mem.alloc(64)
+    drv.add(in_=[(a, 64)], token="rx")
+    ch = dev.pop()
+    dev.push(ch.head, 64)
+    USED = drv.base + drv.L.used_ring(0)
+    struct.pack_into("<II", mem.buf, USED, ch.head, 5000)      # a buggy device overstates len
+    with pytest.raises(vs.RingError, match="len 5000 .* only 64 device-writable bytes"):
+        drv.get_used()
+    assert drv.num_free == 3                                    # nothing was reclaimed
+    struct.pack_into("<II", mem.buf, USED, ch.head, 64)
+    assert drv.get_used() == ("rx", 64) and drv.num_free == 4
+
+
+@pytest.mark.parametrize("head,written", [(4, 0), (0, -1), (0, 1 << 32)])
+def test_device_push_refuses_fields_that_do_not_fit(head, written):
+    mem, drv, dev = vs.make_queue(q=4)
+    with pytest.raises(ValueError):
+        dev.push(head, written)
