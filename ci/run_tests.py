@@ -67,6 +67,8 @@ def main(argv=None) -> int:
                     f"topic-{f}" + (f"-{b}" if b else ""), [f"notebooks/{f}/tests"], env)))
     if "checker" not in skip:
         plan.append(("notebook checker", lambda: script_suite("checker", [PY, "ci/check_notebooks.py"])))
+        # The committed reference runs (notebooks/*/results/full.json) against ci/metadata.yml's thresholds.
+        plan.append(("reference runs vs thresholds", lambda: script_suite("thresholds", [PY, "ci/check_thresholds.py", "--committed"])))
     if "workflows" not in skip:
         plan.append(("workflows, README, runner", lambda: pytest_suite("repo", ["ci/check_workflows.py", "ci/check_runner.py"])))
     if "nbval" not in skip:
