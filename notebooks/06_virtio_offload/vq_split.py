@@ -251,6 +251,23 @@ def _absolute_offsets(obj, base: int, L: SplitLayout) -> None:
     obj.a_used_ring, obj.a_avail_event = base + L.used_ring(0), base + L.avail_event
 
 
+def read_chain(mem: GuestMemory, chain) -> bytes:
+    """The chain's device-readable bytes (GuestMemoryError if a piece lies outside guest memory)."""
+    return b"".join(mem.read(a, n) for a, n in chain.readable)
+
+
+def write_chain(mem: GuestMemory, chain, data: bytes) -> int:
+    """Scatter `data` over the chain's writable pieces; returns bytes written (at most write_capacity)."""
+    off = 0
+    for a, n in chain.writable:
+        if off >= len(data):
+            break
+        k = min(n, len(data) - off)
+        mem.write(a, data[off:off + k])
+        off += k
+    return off
+
+
 class SplitDriver:
     """The driver (guest) side: add buffers, decide whether to kick, reclaim used buffers."""
 
@@ -484,19 +501,10 @@ class SplitDevice:
         return chain
 
     def read_out(self, chain: Chain) -> bytes:
-        """The chain's device-readable bytes (GuestMemoryError if a piece lies outside guest memory)."""
-        return b"".join(self.mem.read(a, n) for a, n in chain.readable)
+        return read_chain(self.mem, chain)
 
     def write_in(self, chain: Chain, data: bytes) -> int:
-        """Scatter `data` over the chain's writable pieces; returns bytes written (at most write_capacity)."""
-        off = 0
-        for a, n in chain.writable:
-            if off >= len(data):
-                break
-            k = min(n, len(data) - off)
-            self.mem.write(a, data[off:off + k])
-            off += k
-        return off
+        return write_chain(self.mem, chain, data)
 
     def push(self, head: int, written: int) -> None:
         """Return a chain to the driver: used.ring[used_idx % Q] = {head, written}, then bump used.idx."""
