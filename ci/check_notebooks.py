@@ -8,7 +8,9 @@ Fails (exit 1, one line per problem) when a notebook
 - is committed without outputs (a code cell never executed), or with an error output, or with
   papermill's injected-parameters cell;
 - lacks an Exercises section or its solutions (solutions.py, run by tests/test_solutions.py),
-  or is not listed in ci/metadata.yml.
+  or is not listed in ci/metadata.yml;
+- has a reference full run (results/full.ipynb) that is not one run with results/full.json (same
+  run_id), not profile full, failed, is 5 MB or more, or shows a path or token (ci/full_runs.py).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pathlib import Path
 import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from full_runs import full_run_problems  # noqa: E402
 from notebooks import all_folders, metadata, notebook_path  # noqa: E402
 
 OPENING = ("what you will learn", "prerequisites", "time to run", "hardware")
@@ -89,7 +92,7 @@ def check(path: Path, meta: dict) -> list:
             problems.append(f"no {needed}: exercise solutions live apart and are run by the tests")
     if path.parent.name not in meta:
         problems.append("not listed in ci/metadata.yml")
-    return problems
+    return problems + full_run_problems(path.parent)
 
 
 def main() -> int:
