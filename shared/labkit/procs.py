@@ -4,6 +4,9 @@
                         name="triton") as server:
         ...  # talk to it
     # here the whole process group is gone, even if the body raised
+
+A server that drains on SIGTERM (finishes in-flight work, then stops its own workers) gets `drain_timeout`:
+stop() then signals the leader alone first and only afterwards the rest of the group.
 """
 from __future__ import annotations
 
@@ -65,7 +68,8 @@ class ManagedProcess:
     def __init__(self, cmd: Sequence[str], ready: Optional[Callable[[], bool]] = None,
                  name: str = "server", env: Optional[Mapping[str, str]] = None,
                  cwd: Optional[str] = None, start_timeout: float = 120.0,
-                 stop_timeout: float = 15.0, log_path: Optional[Path] = None):
+                 stop_timeout: float = 15.0, log_path: Optional[Path] = None,
+                 drain_timeout: Optional[float] = None):
         self.cmd = [str(c) for c in cmd]
         self.ready = ready
         self.name = name
@@ -73,6 +77,7 @@ class ManagedProcess:
         self.cwd = cwd
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        self.drain_timeout = drain_timeout
         self._own_log = log_path is None  # a temp log we created: removed after a clean stop
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
         self._failed = False
@@ -85,7 +90,7 @@ class ManagedProcess:
             return ""
 
     def start(self) -> "ManagedProcess":
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "ab" if self.proc is not None else "wb")  # a restart appends
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=self.env, cwd=self.cwd, start_new_session=True)
         deadline = time.monotonic() + self.start_timeout
@@ -113,10 +118,17 @@ class ManagedProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
-        """SIGTERM the whole group, wait, then SIGKILL whatever is left. Safe to call twice."""
+        """SIGTERM the whole group, wait, then SIGKILL whatever is left. Safe to call twice.
+        With `drain_timeout`: first SIGTERM the leader alone and give it that long to exit on its own."""
         if self.proc is None:
             return
         pgid = self.proc.pid  # start_new_session=True: the group id is the leader's pid
+        if self.drain_timeout and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=self.drain_timeout)
+            except subprocess.TimeoutExpired:
+                pass
         for sig, wait in ((signal.SIGTERM, self.stop_timeout), (signal.SIGKILL, 5.0)):
             if not _group_alive(pgid):
                 break
@@ -136,6 +148,11 @@ class ManagedProcess:
             self._log.close()
         if self._own_log and not self._failed:
             self.log_path.unlink(missing_ok=True)
+
+    def restart(self) -> "ManagedProcess":
+        """Stop the group and start the same command again (same ports, log appended)."""
+        self.stop()
+        return self.start()
 
     def __enter__(self) -> "ManagedProcess":
         return self.start()

@@ -75,3 +75,30 @@ def test_a_server_never_ready_times_out_and_is_stopped():
     with pytest.raises(procs.ServerError, match="not ready after"):
         p.start()
     assert not p.alive()
+
+
+# A leader that drains on SIGTERM: it checks its worker is still running, stops it itself, then exits 0.
+DRAINING = r'''
+import signal, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+def drain(*_):
+    time.sleep(0.3)  # in-flight work
+    open(sys.argv[1], "w").write("worker alive during drain" if child.poll() is None else "worker already dead")
+    child.terminate(); child.wait(); sys.exit(0)
+signal.signal(signal.SIGTERM, drain)
+open(sys.argv[1] + ".ready", "w").write("1")
+while True:
+    time.sleep(0.1)
+'''
+
+
+def test_drain_timeout_signals_the_leader_first(tmp_path):
+    out = tmp_path / "drain.txt"
+    server = procs.ManagedProcess([sys.executable, "-c", DRAINING, str(out)],
+                                  ready=lambda: (tmp_path / "drain.txt.ready").exists(), start_timeout=30,
+                                  drain_timeout=10)
+    with server:
+        pgid = server.pid
+    assert out.read_text() == "worker alive during drain"
+    assert server.proc.returncode == 0
+    assert group_members(pgid) == []
