@@ -1,7 +1,7 @@
 # The switchboard. Logic lives in ci/ and data_scripts/ (Python); these recipes only call it.
 #   make run                  set up, prepare data, execute every notebook (smoke), build the site
 #   make test                 set up, then all tests: labkit, topic modules, checker, nbval, browser
-#   make run NB=02 PROFILE=full DEVICE=cuda    one notebook, GPU-scale
+#   make run NB=02 PROFILE=full DEVICE=cuda GPU=1    one notebook, GPU-scale, CUDA builds (requirements/lock-gpu.txt)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -10,6 +10,7 @@ NB ?=
 PROFILE ?= smoke
 DEVICE ?= auto
 JOBS ?= 1
+GPU ?=
 export LABKIT_DATA_ROOT ?= $(CURDIR)/data
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -19,7 +20,7 @@ export PYTHONHASHSEED := 0
 .PHONY: setup data run test html lab lock clean
 
 setup:
-	$(PYTHON) ci/bootstrap.py
+	$(PYTHON) ci/bootstrap.py $(if $(GPU),--gpu,)
 
 data: setup
 	$(PY) -m data_scripts.prepare $(if $(filter full,$(PROFILE)),--profile full,)

@@ -40,8 +40,12 @@ def test_runner_executes_and_records_results(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     doc = json.loads((tmp_path / "build" / "results" / "00_environment_check.smoke.json").read_text())
     assert doc["metrics"]["checks_passed"] == doc["metrics"]["checks_total"]
-    assert (tmp_path / "build" / "executed" / "00_environment_check.ipynb").exists()
+    executed = json.loads((tmp_path / "build" / "executed" / "00_environment_check.ipynb").read_text())
     assert "| 00_environment_check | ok |" in (tmp_path / "build" / "summary.md").read_text()
+    # one run id ties the executed notebook to its results file (how results/full.* are matched)
+    stamp = executed["metadata"]["labkit"]
+    assert stamp["run_id"] and stamp["run_id"] == doc["run_id"]
+    assert stamp["profile"] == "smoke" and stamp["machine"] == doc["machine"]
 
 
 def test_nb_to_script_overrides_parameters_and_spawn_children_do_not_rerun_it(tmp_path):

@@ -8,6 +8,7 @@ build/summary.{md,json}. Exit status 1 if any notebook failed; the failing noteb
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -38,6 +39,28 @@ def first_error(executed: Path):
     return None
 
 
+def new_run_id(folder: str, profile: str) -> str:
+    """One id per notebook run, shared by its executed notebook and its results file."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        sha = ""
+    return "-".join(x for x in (stamp, folder[:2], profile, sha or "nogit"))
+
+
+def stamp_notebook(executed: Path, run_id: str, profile: str, results: dict | None) -> None:
+    """Write metadata.labkit (run id, profile, date, machine) into the executed notebook, atomically."""
+    nb = nbformat.read(executed, as_version=4)
+    nb.metadata["labkit"] = {"run_id": run_id, "profile": profile,
+                             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                             "machine": (results or {}).get("machine")}
+    tmp = executed.with_name(f".{executed.name}.tmp")
+    nbformat.write(nb, tmp)
+    tmp.replace(executed)
+
+
 def run_one(folder: str, profile: str, device: str, timeout_min: float, extra: list) -> dict:
     src = notebook_path(folder)
     out = BUILD / "executed" / f"{folder}.ipynb"
@@ -50,7 +73,8 @@ def run_one(folder: str, profile: str, device: str, timeout_min: float, extra: l
     for kv in extra:
         k, _, v = kv.partition("=")
         cmd += ["-p", k, v]
-    env = dict(os.environ, LABKIT_NO_PROGRESS=os.environ.get("LABKIT_NO_PROGRESS", "1"))
+    run_id = os.environ.get("LABKIT_RUN_ID") or new_run_id(folder, profile)
+    env = dict(os.environ, LABKIT_NO_PROGRESS=os.environ.get("LABKIT_NO_PROGRESS", "1"), LABKIT_RUN_ID=run_id)
     t0 = time.perf_counter()
     try:
         with open(log, "w") as f:
@@ -59,14 +83,18 @@ def run_one(folder: str, profile: str, device: str, timeout_min: float, extra: l
     except subprocess.TimeoutExpired:
         status = "TIMEOUT"
     wall = time.perf_counter() - t0
-    row = {"notebook": folder, "status": status, "wall_s": round(wall, 1), "log": str(log)}
+    row = {"notebook": folder, "status": status, "wall_s": round(wall, 1), "log": str(log), "run_id": run_id}
     if status != "ok":
         err = first_error(out)
         row["error"] = (f"cell {err[0]} ({err[1]!r}) raised {err[2]}" if err
                         else f"see {row['log']}: " + " | ".join(log.read_text(errors="replace").splitlines()[-3:]))
     res_file = BUILD / "results" / f"{folder}.{profile}.json"
+    results = None
     if status == "ok" and res_file.exists() and res_file.stat().st_mtime >= time.time() - wall - 5:
-        row["metrics"] = json.loads(res_file.read_text()).get("metrics", {})
+        results = json.loads(res_file.read_text())
+        row["metrics"] = results.get("metrics", {})
+    if out.exists():
+        stamp_notebook(out, run_id, profile, results)
     return row
 
 
@@ -76,6 +104,7 @@ def commit_outputs(executed: Path, committed: Path) -> None:
     nb = nbformat.read(executed, as_version=4)
     nb.cells = [c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
     nb.metadata.pop("papermill", None)
+    nb.metadata.pop("labkit", None)  # a run's id belongs to build/ and results/full.*, not the smoke copy
     for c in nb.cells:
         c.metadata.pop("papermill", None)
         c.metadata.get("execution", {}).clear()
