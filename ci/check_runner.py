@@ -46,19 +46,3 @@ def test_runner_executes_and_records_results(tmp_path):
     stamp = executed["metadata"]["labkit"]
     assert stamp["run_id"] and stamp["run_id"] == doc["run_id"]
     assert stamp["profile"] == "smoke" and stamp["machine"] == doc["machine"]
-
-
-def test_nb_to_script_overrides_parameters_and_spawn_children_do_not_rerun_it(tmp_path):
-    """ci/nb_to_script.py (the GPU machines' runner): the overrides follow the parameters cell, and a cell
-    that starts "spawn" processes runs once (the children do not re-run the whole script, as in a kernel)."""
-    cells = [{"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "profile = 'smoke'"},
-             {"cell_type": "code", "metadata": {}, "source": "import math, multiprocessing as mp\nprint('body', profile)\n"
-              "with mp.get_context('spawn').Pool(2) as pool:\n    print(pool.map(math.sqrt, [4, 9]))"}]
-    nb = tmp_path / "t.ipynb"
-    nb.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
-    script = subprocess.run([sys.executable, str(ROOT / "ci" / "nb_to_script.py"), str(nb), "-p", "profile=full"],
-                            capture_output=True, text=True, check=True).stdout
-    (tmp_path / "t.py").write_text(script)
-    res = subprocess.run([sys.executable, str(tmp_path / "t.py")], capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert res.returncode == 0, res.stderr[-1500:]
-    assert res.stdout.split("\n")[:2] == ["body full", "[2.0, 3.0]"]
