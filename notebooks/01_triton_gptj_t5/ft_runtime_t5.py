@@ -73,8 +73,10 @@ class T5Runtime:
         self.max_out = max_out
         cast = lambda t: t.to(self.device, self.dtype)
         W = lambda stem, g: cast(prepare_weight(tensors[stem], lay[g]))
-        self.shared = cast(tensors["shared.weight"])
-        lm = tensors["shared.weight"] if m["tie_word_embeddings"] else tensors["lm_head.weight"]
+        # FT's files: shared.weight_T.bin is the [V, d] embedding table; lm_head.weight.bin [V, d] when present
+        # (T5DecodingWeight::loadModel), else the logits GEMM reuses shared.weight_T
+        self.shared = cast(tensors["shared.weight_T"])
+        lm = tensors.get("lm_head.weight", tensors["shared.weight_T"])
         self.lm = cast(prepare_weight(lm.t(), lay["logits"]))
         self.enc_bias = cast(tensors["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"])
         self.dec_bias = cast(tensors["decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"])
@@ -100,8 +102,8 @@ class T5Runtime:
                              "co": W(p + "1.EncDecAttention.o.weight", "attn_out"),
                              "wi": [W(f"{p}2.DenseReluDense.{x}.weight", "ffn1") for x in wi],
                              "wo": W(p + "2.DenseReluDense.wo.weight", "ffn2")})
-        self.act = {"relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-                    "gelu": F.gelu}.get(m["activation"], F.relu)
+        self.act = {"relu": F.relu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+                    "silu": F.silu}[m["activation"]]
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
         # torch.compile of the one-token decoder step: on by default with a CUDA graph (one rank); a compiled
         # step attends over the whole cache (fixed shapes, later slots masked by the causal bias)
@@ -118,7 +120,7 @@ class T5Runtime:
     @classmethod
     def from_hf(cls, model, **kw) -> "T5Runtime":
         c = model.config
-        meta = ft_convert.t5_meta(ft_convert.t5_config_ini(c, 1, "fp32"))
+        meta = ft_convert.t5_meta(ft_convert.t5_reader(c), 1)
         tensors = ft_convert.rank_view(ft_convert.t5_to_ft(model.state_dict(), c.num_decoder_layers, 1))
         return cls(meta, tensors, **kw)
 
@@ -194,7 +196,7 @@ class T5Runtime:
             x = x + self.tp.all_reduce(linear(a.transpose(1, 2).reshape(b, s, -1), w["co"], None, self.layout["attn_out"]))
             x = x + self.tp.all_reduce(self._ffn(rms_norm(x, w["ln2"], self.m["eps"]), w))
         x = rms_norm(x, self.dec_ln, self.m["eps"])
-        if self.m["scale_decoder_outputs"]:  # T5 v1.0 (tied embeddings) scales by d_model^-0.5
+        if self.m["scale_decoder_outputs"]:  # FT's [decoder] tie_word_embeddings: T5 v1.0 scales by d_model^-0.5
             x = x * (self.d ** -0.5)
         return linear(x, self.lm, None, self.layout["logits"])
 

@@ -308,7 +308,7 @@ class SPTokenizer:
 
 
 T5_TINY = dict(d_model=64, d_kv=16, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4,
-               relative_attention_num_buckets=32, relative_attention_max_distance=64, dropout_rate=0.0,
+               relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.0,
                feed_forward_proj="relu", tie_word_embeddings=True, decoder_start_token_id=0,
                pad_token_id=0, eos_token_id=1)
 

@@ -32,7 +32,7 @@ def _tiny_t5(seed: int, **cfg):
     from transformers import T5Config, T5ForConditionalGeneration
     torch.manual_seed(seed)
     cfg = T5Config(vocab_size=96, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
-                   relative_attention_num_buckets=16, relative_attention_max_distance=32, dropout_rate=0.0,
+                   relative_attention_num_buckets=16, relative_attention_max_distance=128, dropout_rate=0.0,
                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, **cfg)
     return T5ForConditionalGeneration(cfg).eval()
 
