@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -149,9 +150,39 @@ def export(net: torch.nn.Module, out: Path, net_kind: str, size: str, roi: int, 
     return out
 
 
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)):?(.*)$")
+_PATH = re.compile(r"(/[^\s'\"<>,:]+\.(?:nii\.gz|nii|pt|ts|json|dcm|nrrd|mha))")
+
+
+def failure_summary(log: str, bundle: Path, log_file: Optional[Path] = None) -> str:
+    """The parts of a failed `monai.bundle run` that say what went wrong: the root cause (the first exception
+    of the chain, with the code line that raised it), the last exception, and the data or model files the log
+    names (the checkpoint when the root cause is in MONAI's CheckpointLoader)."""
+    lines = log.splitlines()
+    exc = [i for i, l in enumerate(lines) if _EXC_LINE.match(l) and i > 0]
+    if not exc:
+        return log[-2000:]
+    first = exc[0]
+    root = [lines[first]] + [l for l in lines[first + 1:first + 4] if l.strip() and not l.startswith("The above")
+                             and not l.startswith("During handling")][:2]
+    frames = [l.strip() for l in lines[:first] if l.strip().startswith("File ")]
+    where = frames[-1] if frames else "?"
+    files = [p for p in dict.fromkeys(_PATH.findall(log)) if "site-packages" not in p and "/lib/python" not in p]
+    if any("checkpoint_loader" in f for f in frames[-3:]):
+        files.insert(0, str(Path(bundle) / "models" / "model.pt"))
+    out = [f"root cause: {' '.join(l.strip() for l in root)[:600]}", f"  raised at {where}"]
+    if exc[-1] != first:
+        out.append(f"last error: {' '.join(lines[exc[-1]:exc[-1] + 2]).strip()[:300]}")
+    out.append("files named: " + (", ".join(files) if files else "none in the log"))
+    if log_file is not None:
+        out.append(f"full log: {log_file}")
+    return "\n".join(out)
+
+
 def run_bundle(bundle: Path, dataset_dir: Optional[Path] = None, output_dir: Optional[Path] = None,
                timeout: float = 600) -> List[Path]:
-    """`python -m monai.bundle run` in a fresh process; return the written segmentations."""
+    """`python -m monai.bundle run` in a fresh process; return the written segmentations. On failure the
+    error carries failure_summary() and the whole log is kept in <output_dir>/bundle_run.log."""
     bundle = Path(bundle).resolve()
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
            "--meta_file", str(bundle / "configs" / "metadata.json"), "--bundle_root", str(bundle)]
@@ -162,7 +193,11 @@ def run_bundle(bundle: Path, dataset_dir: Optional[Path] = None, output_dir: Opt
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(bundle))
     if res.returncode != 0:
-        raise RuntimeError(f"monai.bundle run failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
+        out.mkdir(parents=True, exist_ok=True)
+        log_file = out / "bundle_run.log"
+        log_file.write_text(res.stdout + "\n" + res.stderr)
+        raise RuntimeError(f"monai.bundle run failed (exit {res.returncode})\n"
+                           + failure_summary(res.stderr, bundle, log_file))
     return sorted(out.glob("*_seg.nii.gz"))
 
 

@@ -206,6 +206,48 @@ def read_nibabel_sample(folder: Optional[Path] = None):
     return LoadImage(reader="NibabelReader", image_only=True)(str(Path(folder) / "anatomical.nii"))
 
 
+class LabelError(ValueError):
+    """A label map that does not fit its image or the label set (the message names the file)."""
+
+
+def check_label(label_img, name: str, image_shape: Sequence[int], image_affine: Optional[np.ndarray] = None,
+                num_classes: int = len(LABEL_NAMES), atol_mm: float = 1e-3) -> np.ndarray:
+    """Check a label map (a nibabel image) against its image and the label set; return its values as uint8.
+
+    A label map must be stored as integers (a float map such as 0/0.5/1 would be cast, and 0.5 silently
+    become a class), hold only classes 0..num_classes-1, have the image's 3-D shape and the same voxel-to-mm
+    affine (else label and image voxels would not be the same places). Raises LabelError naming `name`."""
+    dtype = label_img.get_data_dtype()
+    arr = np.asanyarray(label_img.dataobj)
+    if dtype.kind not in "iub" or arr.dtype.kind not in "iub":
+        frac = np.unique(arr[np.mod(arr, 1) != 0])[:5] if arr.dtype.kind == "f" else []
+        raise LabelError(f"label map {name} is stored as {arr.dtype} (file dtype {dtype}); a label map holds integer "
+                         f"classes 0..{num_classes - 1}" + (f", and this one has non-integer values {list(frac)}"
+                                                           if len(frac) else ""))
+    arr = np.squeeze(arr) if arr.ndim > 3 else arr
+    if tuple(arr.shape) != tuple(image_shape)[:3] or arr.ndim != 3:
+        raise LabelError(f"label map {name} has shape {tuple(arr.shape)}; its image has shape {tuple(image_shape)}")
+    bad = np.setdiff1d(np.unique(arr), np.arange(num_classes))
+    if bad.size:
+        raise LabelError(f"label map {name} has values {bad[:10].tolist()} outside the label set "
+                         f"0..{num_classes - 1} ({', '.join(LABEL_NAMES.values())})")
+    if image_affine is not None and not np.allclose(label_img.affine, image_affine, atol=atol_mm):
+        raise LabelError(f"label map {name} has a different voxel-to-mm affine from its image "
+                         f"(largest difference {np.abs(label_img.affine - image_affine).max():.3g}); "
+                         "resample it onto the image grid first")
+    return arr.astype(np.uint8)
+
+
+def check_items(items: Sequence[dict], num_classes: int = len(LABEL_NAMES)) -> None:
+    """check_label for every {"image", "label"} pair of a datalist (headers of the images, whole labels)."""
+    import nibabel as nib
+    for it in items:
+        if "label" not in it:
+            continue
+        img = nib.load(str(it["image"]))
+        check_label(nib.load(str(it["label"])), str(it["label"]), img.shape, img.affine, num_classes)
+
+
 def split(items: Sequence, n_train: int, n_val: int) -> Tuple[list, list, list]:
     items = list(items)
     return items[:n_train], items[n_train:n_train + n_val], items[n_train + n_val:]

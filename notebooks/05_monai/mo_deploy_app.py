@@ -21,6 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
+# who made the algorithm, for the SEG's ContributingEquipmentSequence (IHE AI Results; the SDK's ModelInfo)
+MODEL_INFO = {"creator": "MONAI tutorial notebook", "name": "brain tissue UNet", "version": "1.0"}
 SERIES_RULES = json.dumps({"selections": [{"name": "MR T1", "conditions": {"Modality": "(?i)MR"}}]})
 
 
@@ -29,6 +33,7 @@ def _sdk():
     from monai.deploy.core import AppContext, Application
     from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
     from monai.deploy.operators.dicom_seg_writer_operator import DICOMSegmentationWriterOperator, SegmentDescription
+    from monai.deploy.operators.dicom_utils import ModelInfo
     from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
     from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesToVolumeOperator
     from monai.deploy.operators.monai_seg_inference_operator import InMemImageReader, MonaiSegInferenceOperator
@@ -39,6 +44,7 @@ def build_app_class():
     """Define the operator and application classes (the SDK is imported only when needed)."""
     S = _sdk()
     from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
     import mo_transforms as T
 
     class TissueSegOperator(S["MonaiSegInferenceOperator"]):
@@ -81,8 +87,12 @@ def build_app_class():
                                         segmented_property_type=codes.SCT.WhiteMatter, algorithm_name="mo_unet",
                                         algorithm_family=codes.DCM.ArtificialIntelligence, algorithm_version="1.0"),
             ]
+            # the same Device UID every run for this model version (pydicom derives it from the text)
+            model_uid = generate_uid(entropy_srcs=[json.dumps(MODEL_INFO, sort_keys=True)])
+            # Without model_info the SDK's writer puts a ModelInfo() of empty strings into the SEG's
+            # ContributingEquipmentSequence, and dciodvfy reports the empty (type 1) Manufacturer there.
             writer = S["DICOMSegmentationWriterOperator"](self, segment_descriptions=seg_descs, output_folder=out,
-                                                         name="seg_writer")
+                                                         model_info=S["ModelInfo"](**MODEL_INFO, uid=model_uid), name="seg_writer")
             self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
             self.add_flow(selector, to_volume, {("study_selected_series_list", "study_selected_series_list")})
             self.add_flow(to_volume, infer, {("image", "image")})
@@ -96,9 +106,56 @@ class BadInput(ValueError):
     """The input is not a DICOM study this app can use."""
 
 
-def check_input(input_path: Path) -> int:
-    """Fail early and clearly: the input must be a folder (or file) holding at least one DICOM instance
-    of the MR modality. Returns the number of DICOM files found."""
+MIN_SLICES = 8            # fewer slices than this cannot be a 3-D brain volume for this model
+MIN_HEAD_MM = 100.0       # a field of view smaller than this along any axis is smaller than an adult brain
+
+
+def _series_geometry(headers: list) -> dict:
+    """Slice count, orientation, spacing and field of view of one series (a list of pydicom headers).
+    Raises BadInput when the slices cannot form one regular 3-D volume."""
+    uid = headers[0].SeriesInstanceUID
+    missing = [k for k in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns")
+               if any(k not in h for h in headers)]
+    if missing:
+        raise BadInput(f"MR series {uid}: slices lack {', '.join(missing)}: no 3-D geometry to rebuild a volume from")
+    iops = np.array([[float(v) for v in h.ImageOrientationPatient] for h in headers])
+    if np.abs(iops - iops[0]).max() > 1e-3:
+        raise BadInput(f"MR series {uid}: its slices have different orientations (ImageOrientationPatient)")
+    row, col = iops[0][:3], iops[0][3:]
+    normal = np.cross(row, col)
+    if abs(np.linalg.norm(normal) - 1) > 1e-2 or abs(row @ col) > 1e-2:
+        raise BadInput(f"MR series {uid}: ImageOrientationPatient {list(iops[0])} is not two orthogonal unit vectors")
+    pos = np.sort([float(np.dot(normal, [float(v) for v in h.ImagePositionPatient])) for h in headers])
+    n = len(pos)
+    if n < MIN_SLICES:
+        raise BadInput(f"MR series {uid} has {n} slice(s); this app segments 3-D brain volumes and needs at least "
+                       f"{MIN_SLICES} parallel slices")
+    gaps = np.diff(pos)
+    if gaps.min() <= 1e-3:
+        raise BadInput(f"MR series {uid}: two or more slices share a position (duplicates or several stacks)")
+    if (gaps.max() - gaps.min()) > 0.01 * gaps.mean() + 1e-3:
+        raise BadInput(f"MR series {uid}: slice spacing varies from {gaps.min():.3g} to {gaps.max():.3g} mm "
+                       "(missing slices?); the volume would be distorted")
+    px = [float(v) for v in headers[0].PixelSpacing]   # between rows, between columns
+    spacing = (px[1], px[0], float(np.mean(gaps)))
+    fov = (px[1] * int(headers[0].Columns), px[0] * int(headers[0].Rows), float(pos[-1] - pos[0] + gaps.mean()))
+    warnings = []
+    if min(fov) < MIN_HEAD_MM:
+        warnings.append(f"MR series {uid}: field of view {fov[0]:.0f} x {fov[1]:.0f} x {fov[2]:.0f} mm is smaller than "
+                        f"a head ({MIN_HEAD_MM:.0f} mm along each axis); the model was trained on whole-brain T1 "
+                        "volumes, so its output here is not a brain segmentation")
+    axis = np.abs(normal).max()
+    if axis < np.cos(np.radians(30)):
+        warnings.append(f"MR series {uid}: oblique slices ({np.degrees(np.arccos(axis)):.0f} degrees from the nearest "
+                        "axis); the volume is resampled to RAS, which blurs it")
+    return {"series": str(uid), "slices": n, "spacing_mm": spacing, "fov_mm": fov, "warnings": warnings}
+
+
+def check_input(input_path: Path) -> dict:
+    """Fail early and clearly: the input must be a folder (or file) of DICOM instances with at least one MR
+    series that forms a regular 3-D volume (consistent orientation, MIN_SLICES or more slices, even spacing).
+    Returns the chosen series' geometry, with `warnings` for what runs but is suspicious (a field of view
+    smaller than a head, oblique slices). The largest valid MR series is the one described."""
     import pydicom
     from pydicom.errors import InvalidDicomError
     p = Path(input_path)
@@ -107,24 +164,36 @@ def check_input(input_path: Path) -> int:
     files = [p] if p.is_file() else [f for f in sorted(p.rglob("*")) if f.is_file()]
     if not files:
         raise BadInput(f"input {p} is an empty folder: no DICOM series to segment")
-    n, modalities = 0, set()
+    modalities, series = set(), {}
     for f in files:
         try:
             ds = pydicom.dcmread(str(f), stop_before_pixels=True)
         except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
             raise BadInput(f"{f.name} is not a DICOM file ({type(exc).__name__}: {str(exc)[:120]})") from None
-        n += 1
         modalities.add(str(getattr(ds, "Modality", "?")))
-    if "MR" not in modalities:
+        if getattr(ds, "Modality", "") == "MR":
+            series.setdefault(str(getattr(ds, "SeriesInstanceUID", "?")), []).append(ds)
+    if not series:
         raise BadInput(f"no MR series in {p} (modalities found: {sorted(modalities)})")
-    return n
+    found, errors = [], []
+    for headers in series.values():
+        try:
+            found.append(_series_geometry(headers))
+        except BadInput as exc:
+            errors.append(str(exc))
+    if not found:
+        raise BadInput("; ".join(errors))
+    best = max(found, key=lambda g: g["slices"])
+    return {**best, "files": len(files)}
 
 
 def run_app(input_path: Path, output_path: Path, model_path: Path) -> Path:
     """Run the application on one study; return the SEG file. Nothing is written on failure."""
     input_path, output_path, model_path = Path(input_path), Path(output_path), Path(model_path)
     settings = json.loads(Path(str(model_path) + ".json").read_text())
-    check_input(input_path)
+    geometry = check_input(input_path)
+    for w in geometry["warnings"]:
+        print(f"WARNING (input): {w}", file=sys.stderr, flush=True)
     App = build_app_class()
     work = Path(tempfile.mkdtemp(prefix="mo_deploy_"))
     try:

@@ -3,7 +3,8 @@
 The server is the real `monailabel` 0.8.5 (`python -m monailabel.main start_server`), installed without its
 declared dependencies (those would replace the pinned torch); see the notebook for the exact conflicts.
 Its processes get `mo_label_app/compat` on PYTHONPATH: one module alias that lets pydicom-seg import under
-pydicom 3 (explained in mo_label_app/compat/sitecustomize.py).
+pydicom 3 (explained in mo_label_app/compat/sitecustomize.py). Requests pass through `mo_label_guard` first
+(monailabel's `--uvicorn_app` option), which answers bad input with a 4xx and one clear line.
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def server(studies: Path, model_dir: Path, workdir: Path, epochs: int = 2, port:
                 "MONAI_LABEL_TASKS_BATCH_INFER": "false", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "2"})
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app_dir), "--studies", str(studies),
            "--host", "127.0.0.1", "--port", str(port), "--conf", "model_dir", str(model_dir),
-           "--conf", "epochs", str(epochs)]
+           "--conf", "epochs", str(epochs), "--uvicorn_app", "mo_label_guard:app"]
     proc = ManagedProcess(cmd, ready=http_ready(f"http://127.0.0.1:{port}/info/", timeout=2.0), name="monailabel",
                           env=env, cwd=str(workdir), start_timeout=start_timeout, log_path=workdir / "server.log")
     proc.url = f"http://127.0.0.1:{port}"
@@ -118,9 +119,10 @@ class Client:
         return self._check(r).json()
 
     def train(self, model: str, max_epochs: Optional[int] = None) -> dict:
-        """POST /train/{model}?run_sync=true: the server runs the training task (in a subprocess) and answers."""
+        """POST /train/{model}?run_sync=true: the server runs the training task (in a subprocess) and answers.
+        The JSON body's keys go straight into the task's request (monailabel's AsyncTask.run), so they are flat."""
         import requests
-        params = {model: {"max_epochs": max_epochs}} if max_epochs else None
+        params = {"max_epochs": int(max_epochs)} if max_epochs else None
         r = requests.post(f"{self.url}/train/{model}", params={"run_sync": "true"},
                           json=params, timeout=self.timeout)
         return self._check(r).json()

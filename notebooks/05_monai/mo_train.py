@@ -194,7 +194,9 @@ def fit(cfg: Config, train_items: Sequence[dict], val_items: Sequence[dict], dev
     """Train with the recipe in `cfg`; return (net, History). Works single-process or under DDP
     (only rank 0 validates and writes the checkpoint)."""
     from monai.losses import DiceCELoss
+    import mo_data
     dist, rank, world = _dist()
+    mo_data.check_items(list(train_items) + list(val_items), NUM_CLASSES)   # bad label maps fail here, by name
     torch.manual_seed(cfg.seed + rank)
     t0 = time.perf_counter()
     loader, val_ds = make_loaders(cfg, train_items, val_items if rank == 0 else [], device)

@@ -34,13 +34,22 @@ def test_bundle_run_reproduces_python_predictions(tiny_net, subjects, tmp_path):
     assert (theirs == mine).mean() == 1.0
 
 
-def test_bundle_run_failure_is_reported(tiny_net, tmp_path):
-    b = mo_bundle.export(tiny_net, tmp_path / "bundle", "unet", "tiny", 16, 6.0)
-    (b / "models" / "model.pt").write_bytes(b"not a checkpoint")
-    (b / "sample_data").mkdir()
-    shutil.copyfile(__file__, b / "sample_data" / "x_t1.nii.gz")
-    with pytest.raises(RuntimeError, match="monai.bundle run failed"):
+@pytest.mark.parametrize("broken", ["checkpoint", "image"])
+def test_bundle_run_failure_keeps_root_cause_and_file(tiny_net, subjects, tmp_path, broken):
+    b = mo_bundle.export(tiny_net, tmp_path / "bundle", "unet", "tiny", 16, 6.0, sample_files=[subjects[3]["image"]])
+    if broken == "checkpoint":
+        (b / "models" / "model.pt").write_bytes(b"not a checkpoint")
+        cause, name = "UnpicklingError", str(b / "models" / "model.pt")
+    else:
+        bad = b / "sample_data" / "x_t1.nii.gz"
+        bad.write_text("not an image")
+        cause, name = "ImageFileError", str(bad)
+    with pytest.raises(RuntimeError) as err:
         mo_bundle.run_bundle(b)
+    msg = str(err.value)
+    root = [l for l in msg.splitlines() if l.startswith("root cause:")]
+    assert msg.startswith("monai.bundle run failed") and root and cause in root[0], msg
+    assert name in msg and "full log: " in msg and (b / "eval" / "bundle_run.log").exists()
 
 
 needs_sdk = pytest.mark.skipif(mo_deploy_app.available() is not None, reason="MONAI Deploy App SDK not installed")
@@ -61,6 +70,47 @@ def test_check_input_rejects_bad_input(case, tmp_path):
         shutil.copyfile(get_testdata_file("CT_small.dcm", download=False), p / "ct.dcm")
     with pytest.raises(mo_deploy_app.BadInput):
         mo_deploy_app.check_input(p)
+
+
+def _series(tmp_path, shape=(20, 24, 12), spacing=(8.0, 8.0, 10.0), drop=None):
+    vol = np.random.default_rng(0).uniform(0, 1, size=shape).astype(np.float32)
+    files = mo_dicom.write_dicom_series(vol, np.diag(list(spacing) + [1.0]), tmp_path / "series")
+    if drop is not None:
+        files[drop].unlink()
+    return tmp_path / "series"
+
+
+def test_check_input_describes_a_brain_sized_series(tmp_path):
+    g = mo_deploy_app.check_input(_series(tmp_path))
+    assert g["slices"] == 12 and g["spacing_mm"] == pytest.approx((8.0, 8.0, 10.0))
+    assert g["fov_mm"] == pytest.approx((160.0, 192.0, 120.0)) and g["warnings"] == []
+
+
+def test_check_input_refuses_a_single_slice_and_a_gap(tmp_path):
+    from pydicom.data import get_testdata_file
+    mr = tmp_path / "mr_small"
+    mr.mkdir()
+    shutil.copyfile(get_testdata_file("MR_small.dcm", download=False), mr / "MR_small.dcm")
+    with pytest.raises(mo_deploy_app.BadInput, match=r"has 1 slice\(s\).*at least 8"):
+        mo_deploy_app.check_input(mr)
+    with pytest.raises(mo_deploy_app.BadInput, match="slice spacing varies from 10 to 20 mm"):
+        mo_deploy_app.check_input(_series(tmp_path, drop=5))
+
+
+def test_check_input_warns_on_a_field_of_view_smaller_than_a_head(tmp_path):
+    g = mo_deploy_app.check_input(_series(tmp_path, shape=(64, 64, 10), spacing=(0.3125, 0.3125, 0.8)))
+    assert len(g["warnings"]) == 1 and "field of view 20 x 20 x 8 mm is smaller than a head" in g["warnings"][0]
+
+
+def test_main_refuses_mr_small_and_writes_nothing(tmp_path, capsys):
+    from pydicom.data import get_testdata_file
+    (tmp_path / "in").mkdir()
+    shutil.copyfile(get_testdata_file("MR_small.dcm", download=False), tmp_path / "in" / "MR_small.dcm")
+    (tmp_path / "model.ts.json").write_text(json.dumps({"pixdim": 6.0, "roi": 16}))
+    rc = mo_deploy_app.main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "model.ts")])
+    err = capsys.readouterr().err
+    assert rc == 2 and not (tmp_path / "out").exists()
+    assert err.startswith("ERROR (bad input): MR series") and "has 1 slice(s)" in err
 
 
 def test_main_exits_2_and_writes_nothing_on_bad_input(tmp_path):
@@ -84,3 +134,8 @@ def test_app_turns_a_dicom_series_into_a_matching_seg(tiny_net, subjects, tmp_pa
     mine = mo_bundle.predict_file(tiny_net, subjects[3]["image"], 16, 6.0)
     assert back["segments"] == {1: "grey matter", 2: "white matter"}
     assert (back["labels"] == mine).mean() > 0.999
+    check = mo_dicom.dciodvfy(seg)
+    if check is None:
+        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed: the SEG was not validated")
+    # the app passes a ModelInfo; with the SDK's default one the SEG has an empty Manufacturer (see mo_deploy_app)
+    assert check["errors"] == [], check["errors"]

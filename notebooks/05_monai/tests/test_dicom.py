@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 import mo_dicom
 
@@ -44,3 +45,14 @@ def test_seg_written_by_highdicom_reads_back_on_the_source_grid(tmp_path):
     r = mo_dicom.read_seg_as_volume(found, tmp_path / "s")
     assert r["segments"] == {1: "grey matter", 2: "white matter"}
     assert np.array_equal(r["labels"], labels)
+
+
+def test_series_is_valid_for_dciodvfy(tmp_path):
+    files = mo_dicom.write_dicom_series(np.ones((4, 5, 3), np.float32), np.eye(4), tmp_path / "s")
+    checks = [mo_dicom.dciodvfy(f) for f in (files[0], files[-1])]
+    if checks[0] is None:
+        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed; the setup installs it with apt-get")
+    for c in checks:
+        assert c["errors"] == [], c["errors"]
+        # the float values need RescaleSlope/Intercept, which the MR IOD does not list: warnings, not errors
+        assert all("Rescale" in w or "not present in standard" in w for w in c["warnings"]), c["warnings"]

@@ -53,3 +53,34 @@ def test_ddp_launch_single_process(subjects, tmp_path):
     cfg = mo_train.Config(recipe="fast", pixdim=6.0, roi=16, num_samples=2, epochs=1, val_every=1, cache_workers=1)
     hist, ckpt, log = mo_ddp.launch(cfg, subjects[:2], subjects[2:3], tmp_path, nproc=1, timeout=300)
     assert hist.world_size == 1 and len(hist.val_dice) == 1 and ckpt.exists()
+
+
+@pytest.mark.parametrize("case, words", [
+    ("float", "is stored as float32 (file dtype float32); a label map holds integer classes 0..2, and this one has "
+              "non-integer values [0.5]"),
+    ("minus_one", "has values [-1] outside the label set 0..2"),
+    ("shape", "has shape"),
+    ("affine", "different voxel-to-mm affine"),
+])
+def test_fit_refuses_bad_label_maps_up_front_naming_the_file(subjects, tmp_path, case, words):
+    import nibabel as nib
+    import mo_data
+    src = nib.load(subjects[1]["label"])
+    lab = np.asarray(src.dataobj).astype(np.int16)
+    affine = src.affine
+    if case == "float":
+        lab = lab.astype(np.float32) / 2          # 0 / 0.5 / 1: grey matter would become "0.5"
+    elif case == "minus_one":
+        lab[0, 0, 0] = -1
+    elif case == "shape":
+        lab = lab[:, :, :-2]
+    else:
+        affine = affine @ np.diag([1.0, 1.0, 2.0, 1.0])
+    bad = tmp_path / f"{case}_label.nii.gz"
+    nib.save(nib.Nifti1Image(lab, affine), str(bad))
+    items = [subjects[0], {**subjects[1], "label": str(bad)}]
+    cfg = mo_train.Config(recipe="fast", pixdim=6.0, roi=16, epochs=1, cache_workers=1)
+    with pytest.raises(mo_data.LabelError) as err:
+        mo_train.fit(cfg, items, [], "cpu", checkpoint=tmp_path / "ck.pt")
+    assert str(bad) in str(err.value) and words in str(err.value), str(err.value)
+    assert not (tmp_path / "ck.pt").exists()
