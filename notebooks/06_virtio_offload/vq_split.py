@@ -24,10 +24,15 @@ an error that names the rule:
 - 2.7.5.2 a chain holds at most 2^32 bytes in total; le32 `len` and le64 `addr` must fit their fields;
 - 2.7.8.2 the device writes at least `len` bytes into the writable part, so a used `len` larger than the buffer
   the driver posted is a broken ring (RingError), never bytes from neighbouring memory.
+
+VIRTIO_F_IN_ORDER (2.7.5, 2.7.9; `in_order=True`): the driver uses descriptors in ring order (next = x + 1,
+wrapping to 0), and the device may write a single used entry for a batch of buffers, with the head id of the
+last one, moving used.idx by the batch size; the driver reclaims the whole batch.
 """
 from __future__ import annotations
 
 import struct
+from collections import deque
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
@@ -272,12 +277,16 @@ class SplitDriver:
     """The driver (guest) side: add buffers, decide whether to kick, reclaim used buffers."""
 
     def __init__(self, mem: GuestMemory, base: int, q: int, event_idx: bool = True,
-                 indirect: bool = True, start_index: int = 0):
+                 indirect: bool = True, start_index: int = 0, in_order: bool = False):
         self.mem, self.base, self.L = mem, base, SplitLayout(q)
         self.q = q
         _absolute_offsets(self, base, self.L)
         self.event_idx = event_idx
         self.indirect_ok = indirect             # VIRTIO_F_INDIRECT_DESC negotiated
+        self.in_order = in_order                # VIRTIO_F_IN_ORDER negotiated
+        self.next_desc = 0                      # IN_ORDER: descriptors are used in ring order from here
+        self.order = deque()                    # IN_ORDER: heads in the order they were made available
+        self.pending = deque()                  # IN_ORDER: rest of a reclaimed batch, handed out one by one
         # free list threaded through desc.next, as in Linux
         for i in range(q):
             self._write_desc(i, 0, 0, 0, (i + 1) % q)
@@ -327,7 +336,7 @@ class SplitDriver:
         need = 1 if use_indirect else len(pieces)
         if need > self.num_free:
             raise RingFull(f"{need} descriptor(s) needed, {self.num_free} free of {self.q}")
-        head = self.free_head
+        head = self.next_desc if self.in_order else self.free_head
         table_addr = None
         if use_indirect:
             table_addr = self.mem.alloc(16 * len(pieces), 16)
@@ -335,18 +344,20 @@ class SplitDriver:
                 last = j == len(pieces) - 1
                 self._write_desc(j, a, n, f | (0 if last else VRING_DESC_F_NEXT), 0 if last else j + 1,
                                  table=table_addr)
-            nxt = self._read_desc(head)[3]
-            self._write_desc(head, table_addr, 16 * len(pieces), VRING_DESC_F_INDIRECT, nxt)
-            self.free_head = nxt
+            descs = [(table_addr, 16 * len(pieces), VRING_DESC_F_INDIRECT)]
         else:
-            i = head
-            for j, (a, n, f) in enumerate(pieces):
-                nxt = self._read_desc(i)[3]   # the free list's link
-                last = j == len(pieces) - 1
-                self._write_desc(i, a, n, f | (0 if last else VRING_DESC_F_NEXT), nxt)
-                if last:
-                    self.free_head = nxt
-                i = nxt
+            descs = [(a, n, f | (0 if j == len(pieces) - 1 else VRING_DESC_F_NEXT)) for j, (a, n, f) in enumerate(pieces)]
+        i = head
+        for a, n, f in descs:
+            # the free list's link (Linux), or the next slot in ring order (IN_ORDER: next = x + 1, then 0)
+            nxt = (i + 1) % self.q if self.in_order else self._read_desc(i)[3]
+            self._write_desc(i, a, n, f, nxt)
+            i = nxt
+        if self.in_order:
+            self.next_desc = i
+            self.order.append(head)
+        else:
+            self.free_head = i
         self.num_free -= need
         writable = sum(n for _, n, f in pieces if f & VRING_DESC_F_WRITE)
         self.tokens[head] = (token, need, table_addr, writable)
@@ -369,14 +380,17 @@ class SplitDriver:
 
     # --- reclaiming ------------------------------------------------------------------------------
     def has_used(self) -> bool:
-        return self.last_used_idx != self.mem.u16(self.a_used_idx)
+        return bool(self.pending) or self.last_used_idx != self.mem.u16(self.a_used_idx)
 
     def get_used(self):
         """(token, written length) of the next used buffer, or None. Frees its descriptors.
 
         Raises RingError (and changes nothing) when the device broke the ring: used.idx more than Q ahead,
-        an id that is not in flight, or a `len` larger than the writable bytes of that buffer.
+        an id that is not in flight, or a `len` larger than the writable bytes of that buffer. With
+        VIRTIO_F_IN_ORDER one used entry may stand for a batch (see get_used_in_order).
         """
+        if self.in_order:
+            return self.get_used_in_order()
         used_idx = self.mem.u16(self.a_used_idx)
         if self.last_used_idx == used_idx:
             return None
@@ -404,6 +418,39 @@ class SplitDriver:
             self.mem.set_u16(self.a_used_event, self.last_used_idx)
         return token, length
 
+    def get_used_in_order(self):
+        """IN_ORDER: the used entry at last_used_idx names the head of the *last* buffer of a batch; every
+        buffer made available up to it is used (the skipped ones completely, so their whole writable size
+        is reported), and the device moved used.idx by the batch size (VIRTIO 1.2 2.7.9)."""
+        if self.pending:
+            return self.pending.popleft()
+        moved = u16(self.mem.u16(self.a_used_idx) - self.last_used_idx)
+        if moved == 0:
+            return None
+        if moved > self.q:
+            raise RingError(f"device moved used.idx {moved} entries ahead of Q={self.q}")
+        head, length = USED_ELEM.unpack_from(self.mem.buf, self.a_used_ring + 8 * (self.last_used_idx % self.q))
+        if head not in self.tokens or head not in self.order:
+            raise RingError(f"device returned id {head}, which is not in flight")
+        k = self.order.index(head) + 1
+        if k > moved:
+            raise RingError(f"used entry names the {k}th buffer in flight, but used.idx moved only {moved}")
+        writable = self.tokens[head][3]
+        if length > writable:
+            raise RingError(f"device reported len {length} for buffer {head}, which has only {writable} "
+                            f"device-writable bytes (VIRTIO 1.2 2.7.8.2)")
+        results = []
+        for _ in range(k):
+            h = self.order.popleft()
+            token, ndesc, _table, w = self.tokens.pop(h)
+            results.append((token, length if h == head else w))
+            self.num_free += ndesc
+        self.last_used_idx = u16(self.last_used_idx + k)
+        if self.event_idx:
+            self.mem.set_u16(self.a_used_event, self.last_used_idx)
+        self.pending.extend(results[1:])
+        return results[0]
+
     def set_used_event(self, idx: int) -> None:
         """Ask for the next interrupt only once used.idx passes `idx` (virtqueue_enable_cb_delayed)."""
         self.mem.set_u16(self.a_used_event, idx)
@@ -413,11 +460,13 @@ class SplitDevice:
     """The device side: pop available chains, read/write their buffers, push used entries."""
 
     def __init__(self, mem: GuestMemory, base: int, q: int, event_idx: bool = True, start_index: int = 0,
-                 indirect: bool = True):
+                 indirect: bool = True, in_order: bool = False):
         self.mem, self.base, self.L, self.q = mem, base, SplitLayout(q), q
         _absolute_offsets(self, base, self.L)
         self.event_idx = event_idx
         self.indirect_ok = indirect
+        self.in_order = in_order
+        self.popped = deque()             # heads popped and not yet used, in ring order
         self.last_avail_idx = u16(start_index)
         self.used_idx = u16(start_index)
         self.signalled_at = u16(start_index)
@@ -496,6 +545,7 @@ class SplitDevice:
             if i >= limit:
                 raise RingError(f"next={i} outside a table of {limit}")
         self.last_avail_idx = u16(self.last_avail_idx + 1)
+        self.popped.append(head)
         if self.event_idx:   # "kick me when you add past this one"
             self.mem.set_u16(self.a_avail_event, self.last_avail_idx)
         return chain
@@ -508,12 +558,31 @@ class SplitDevice:
 
     def push(self, head: int, written: int) -> None:
         """Return a chain to the driver: used.ring[used_idx % Q] = {head, written}, then bump used.idx."""
-        if not 0 <= head < self.q:
-            raise ValueError(f"used id {head} is not a descriptor index of a queue of {self.q}")
+        if head not in self.popped:
+            raise ValueError(f"used id {head} is not a chain the device popped and has not used yet")
+        if self.in_order and head != self.popped[0]:
+            raise ValueError("VIRTIO_F_IN_ORDER was negotiated: buffers must be used in the order they were "
+                             "made available")
+        self.popped.remove(head)
+        self._write_used(head, written, 1)
+
+    def push_batch(self, heads: Sequence[int], written_last: int) -> None:
+        """VIRTIO_F_IN_ORDER: one used entry (the last buffer's head) for a batch of the oldest popped buffers;
+        used.idx moves by the batch size (VIRTIO 1.2 2.7.9). The others count as completely used."""
+        if not self.in_order:
+            raise ValueError("batched used entries need VIRTIO_F_IN_ORDER")
+        heads = list(heads)
+        if not heads or heads != list(self.popped)[:len(heads)]:
+            raise ValueError("a batch must be the oldest popped buffers, in the order they were made available")
+        for _ in heads:
+            self.popped.popleft()
+        self._write_used(heads[-1], written_last, len(heads))
+
+    def _write_used(self, head: int, written: int, n: int) -> None:
         if not 0 <= written <= 0xFFFFFFFF:
             raise ValueError(f"used len {written} does not fit the le32 len field")
         USED_ELEM.pack_into(self.mem.buf, self.a_used_ring + 8 * (self.used_idx % self.q), head, written)
-        self.used_idx = u16(self.used_idx + 1)
+        self.used_idx = u16(self.used_idx + n)      # (write barrier) then publish
         self.mem.set_u16(self.a_used_idx, self.used_idx)
 
     def interrupt_needed(self) -> bool:
@@ -529,13 +598,13 @@ class SplitDevice:
 
 
 def make_queue(q: int = 256, mem_size: int = 1 << 22, event_idx: bool = True, start_index: int = 0,
-               mem: Optional[GuestMemory] = None, indirect: bool = True):
+               mem: Optional[GuestMemory] = None, indirect: bool = True, in_order: bool = False):
     """A GuestMemory with one split virtqueue in it, and the driver and device that share it."""
     mem = mem or GuestMemory(mem_size)
     L = SplitLayout(q)
     base = mem.alloc(L.size, 4096)
-    drv = SplitDriver(mem, base, q, event_idx=event_idx, start_index=start_index, indirect=indirect)
-    dev = SplitDevice(mem, base, q, event_idx=event_idx, start_index=start_index, indirect=indirect)
+    kw = dict(event_idx=event_idx, start_index=start_index, indirect=indirect, in_order=in_order)
+    drv, dev = SplitDriver(mem, base, q, **kw), SplitDevice(mem, base, q, **kw)
     return mem, drv, dev
 
 

@@ -6,9 +6,10 @@ batches under VIRTIO_F_IN_ORDER), reclaims, and notification decisions with rand
 - a buffer is refused with ChainTooLong iff it has more pieces than Q, with RingFull iff it fits the queue but
   not the free descriptors, and accepted otherwise;
 - the device sees exactly the pieces the driver added, in order, readable before writable;
-- the driver gets back exactly what the device pushed, in ring order (a batch: every buffer of it);
+- the driver gets back exactly what the device pushed, in ring order (an IN_ORDER batch: every buffer of it);
 - descriptors are conserved: free + in flight = Q; the split free list and the chains in flight partition the
-  table; the packed wrap counters equal the parity of the laps each side has gone round;
+  table (IN_ORDER: the chains in flight are one run in ring order); the packed wrap counters equal the parity
+  of the laps each side has gone round;
 - every kick/interrupt decision equals a brute-force "was the event slot among those just written".
 """
 import random
@@ -64,10 +65,24 @@ def _split_free_list_partitions_the_table(mem, drv, q):
     assert len(seen) == q
 
 
-@pytest.mark.parametrize("q,seed", [(1, 0), (2, 1), (4, 2), (8, 3), (16, 4)])
-def test_split_ring_random_operations_keep_the_spec_invariants(q, seed):
+def _split_in_order_descriptors_are_contiguous(drv, q):
+    """IN_ORDER: the descriptors in flight are one run in ring order, from the oldest head to next_desc."""
+    n = q - drv.num_free
+    start = drv.order[0] if drv.order else drv.next_desc
+    run = [(start + j) % q for j in range(n)]
+    assert (start + n) % q == drv.next_desc
+    pos = 0
+    for h in drv.order:               # each buffer starts where the previous one ended
+        assert h == run[pos]
+        pos += drv.tokens[h][1]
+    assert pos == n
+
+
+@pytest.mark.parametrize("q,seed,in_order", [(1, 0, False), (2, 1, False), (4, 2, False), (8, 3, False),
+                                             (16, 4, False), (4, 5, True), (8, 6, True)])
+def test_split_ring_random_operations_keep_the_spec_invariants(q, seed, in_order):
     rng = random.Random(seed)
-    mem, drv, dev = vs.make_queue(q=q, mem_size=1 << 18, start_index=rng.randrange(65536))
+    mem, drv, dev = vs.make_queue(q=q, mem_size=1 << 18, start_index=rng.randrange(65536), in_order=in_order)
     base = mem.alloc(4096)
     added, popped, pushed = deque(), [], deque()
     token = 0
@@ -90,7 +105,16 @@ def test_split_ring_random_operations_keep_the_spec_invariants(q, seed):
                 assert (ch.readable, ch.writable) == (list(out), list(in_))
                 popped.append((ch, tok))
         elif r < 0.8:
-            if popped:                 # devices may complete out of order
+            if popped and in_order:    # in order, sometimes one used entry for a batch
+                k = rng.randint(1, len(popped))
+                batch, popped[:k] = popped[:k], []
+                w = rng.randint(0, batch[-1][0].write_capacity)
+                if k > 1 or rng.random() < 0.5:
+                    dev.push_batch([c.head for c, _t in batch], w)
+                else:
+                    dev.push(batch[0][0].head, w)
+                pushed.extend([(t, c.write_capacity) for c, t in batch[:-1]] + [(batch[-1][1], w)])
+            elif popped:               # devices may complete out of order
                 ch, tok = popped.pop(rng.randrange(len(popped)))
                 w = rng.randint(0, ch.write_capacity)
                 dev.push(ch.head, w)
@@ -105,7 +129,10 @@ def test_split_ring_random_operations_keep_the_spec_invariants(q, seed):
         in_flight = sum(nd for _t, nd, _tb, _w in drv.tokens.values())
         assert drv.num_free + in_flight == q
         assert u16(mem.u16(drv.a_avail_idx) - mem.u16(drv.a_used_idx)) <= q
-        _split_free_list_partitions_the_table(mem, drv, q)
+        if in_order:
+            _split_in_order_descriptors_are_contiguous(drv, q)
+        else:
+            _split_free_list_partitions_the_table(mem, drv, q)
     assert token > 100     # the run did real work
 
 

@@ -388,3 +388,43 @@ def test_device_push_refuses_fields_that_do_not_fit(head, written):
     mem, drv, dev = vs.make_queue(q=4)
     with pytest.raises(ValueError):
         dev.push(head, written)
+
+
+def test_in_order_descriptors_in_ring_order_and_one_used_entry_per_batch():
+    """VIRTIO_F_IN_ORDER (2.7.5, 2.7.9): descriptors in ring order with next = x + 1 (0 after the last);
+    one used entry with the last buffer's head for a batch, used.idx moved by the batch size."""
+    mem, drv, dev = vs.make_queue(q=4, in_order=True)
+    a = mem.alloc(64)
+    drv.add(in_=[(a, 8)], token="b0")
+    drv.add(in_=[(a, 8), (a, 8)], token="b1", indirect=False)     # descriptors 1, 2
+    drv.add(in_=[(a, 8)], token="b2")                             # descriptor 3
+    assert [drv._read_desc(i)[3] for i in range(4)] == [1, 2, 3, 0]
+    assert list(drv.order) == [0, 1, 3]
+    dev.push_batch([dev.pop().head for _ in range(3)], written_last=5)
+    assert mem.u16(drv.a_used_idx) == 3 and vs.USED_ELEM.unpack_from(mem.buf, drv.a_used_ring) == (3, 5)
+    assert [drv.get_used() for _ in range(3)] == [("b0", 8), ("b1", 16), ("b2", 5)]
+    assert drv.get_used() is None and drv.num_free == 4
+    head = drv.add(in_=[(a, 8)], token="b3")                      # ring order continues at 0
+    assert head == 0 and dev.pop().head == 0
+
+
+def test_in_order_errors():
+    mem, drv, dev = vs.make_queue(q=4, in_order=True)
+    a = mem.alloc(8)
+    drv.add(in_=[(a, 8)]), drv.add(in_=[(a, 8)])
+    h0, h1 = dev.pop().head, dev.pop().head
+    with pytest.raises(ValueError, match="in the order"):
+        dev.push(h1, 0)
+    with pytest.raises(ValueError, match="oldest popped"):
+        dev.push_batch([h1], 0)
+    # a device that names the 2nd buffer but moves used.idx by only 1 breaks the ring
+    dev.push(h0, 0)
+    vs.USED_ELEM.pack_into(mem.buf, drv.a_used_ring, h1, 0)
+    with pytest.raises(vs.RingError, match="moved only 1"):
+        drv.get_used()
+    mem2, drv2, dev2 = vs.make_queue(q=4)
+    drv2.add(in_=[(a, 8)])
+    with pytest.raises(ValueError, match="need VIRTIO_F_IN_ORDER"):
+        dev2.push_batch([dev2.pop().head], 0)
+    with pytest.raises(ValueError, match="not a chain the device popped"):
+        dev2.push(3, 0)
