@@ -1,27 +1,36 @@
-"""Build the static site: every notebook rendered to HTML, plus an index with the topic table.
+"""Build the static site: every notebook rendered to HTML, plus an index: a gallery of topic cards.
 
     python ci/build_site.py --from build/executed [--out build/html]
     python ci/build_site.py --from notebooks --out build/site     # the committed notebooks
 
 A notebook is found as DIR/<folder>.ipynb or DIR/<folder>/<folder>.ipynb; a topic without one is
-listed as "not built". The index reads ci/metadata.yml (what you learn, times, hardware), the last
-run's build/summary.json (status, wall time) and each topic's results/full.json (the reference GPU
-results). Pages are self-contained: figures are embedded, the stylesheet is inline, and no script
-or font is loaded from anywhere (the site works from a folder with no network): TeX math in markdown
-($...$, $$...$$, \\(...\\), \\[...\\]) becomes MathML at build time with latex2mathml (it stays TeX
-when that package is missing), instead of MathJax from a CDN. Every file is written atomically
-(temp file, then rename). Exit status 1 when a notebook exists but cannot be rendered.
+shown as "not built". A topic whose notebooks/<folder>/results/full.ipynb exists (its reference
+full-scale run, published by ci/full_runs.py) also gets <folder>.full.html, labelled with the run's
+machine, date and profile. The index has one card per topic: a representative figure (the image
+output of a cell tagged `site-figure`, else the first figure that is not a thin strip; from the
+full run when there is one), what you learn (ci/metadata.yml), the headline results the notebook
+is judged by (its thresholds' metrics: this build's run, from build/summary.json or the notebook's
+recorded-metrics table, and the full run's results/full.json with its machine), times, the last
+run's status and links to both runs. Pages are self-contained: figures are embedded (card figures
+are files under img/), the stylesheet is inline, and no script or font is loaded from anywhere (the
+site works from a folder with no network): TeX math in markdown ($...$, $$...$$, \\(...\\), \\[...\\])
+becomes MathML at build time with latex2mathml (it stays TeX when that package is missing), instead
+of MathJax from a CDN. Every file is written atomically (temp file, then rename). Exit status 1 when
+a notebook exists but cannot be rendered.
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
+import io
 import datetime as _dt
 import html
 import json
 import re
 import secrets
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import jinja2
@@ -32,16 +41,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from notebooks import BUILD, NOTEBOOKS, ROOT, metadata  # noqa: E402
 
 try:
-    from labkit.paths import atomic_write_text
+    from labkit.paths import atomic_write_bytes, atomic_write_text
 except ImportError:  # labkit not installed: the same thing, locally
     import os
 
-    def atomic_write_text(path: Path, text: str) -> None:
+    def atomic_write_bytes(path: Path, payload: bytes) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(payload)
         os.replace(tmp, path)
+
+    def atomic_write_text(path: Path, text: str) -> None:
+        atomic_write_bytes(path, text.encode("utf-8"))
 
 SITE_TITLE = "Tutorial notebooks"
 TEMPLATE_NAME = "labkit_site.html.j2"
@@ -51,20 +63,70 @@ TEMPLATE_NAME = "labkit_site.html.j2"
 ERROR_CLASS = "lk-error-output"
 EXPECTED_ERROR_CLASS = "lk-expected-error"
 
+FIGURE_TAG = "site-figure"  # a code cell tagged so gives its topic's card figure
+CARD_IMAGE_WIDTH = 720  # px: two device pixels per CSS pixel of a ~360 px wide card
+HEADLINE_METRICS = 4  # results shown on a card (the page shows them all)
+
 SITE_CSS = """
 .lk-nav { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; font-size: 14px;
-  padding: 8px 16px; border-bottom: 1px solid #ddd; background: #f7f7f7; }
+  padding: 8px 16px; border-bottom: 1px solid #ddd; background: #f7f7f7; line-height: 1.6; }
 .lk-nav a { text-decoration: none; color: #1a5fb4; }
+.lk-nav .lk-here { font-weight: 600; }
+.lk-run-note { display: block; color: #555; }
 .lk-ref { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px 16px;
   padding-top: 8px; border-top: 1px solid #ddd; }
-.lk-ref table, table.lk-table { border-collapse: collapse; font-size: 14px; }
-.lk-ref th, .lk-ref td, table.lk-table th, table.lk-table td { border: 1px solid #ccc;
-  padding: 4px 8px; text-align: left; vertical-align: top; }
-.lk-ref th, table.lk-table th { background: #f0f0f0; }
+.lk-ref table { border-collapse: collapse; font-size: 14px; display: block; max-width: 100%; overflow-x: auto; }
+.lk-ref th, .lk-ref td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
+.lk-ref th { background: #f0f0f0; }
 .lk-ok { color: #26734d; font-weight: 600; }
 .lk-bad { color: #b00020; font-weight: 600; }
-.lk-muted { color: #777; }
+.lk-muted { color: #666; }
 .lk-error-output { border-left: 4px solid #b00020; }
+/* Narrow screens: nothing wider than the screen; wide code, tables and outputs scroll in their box. */
+.jp-Notebook img, .jp-OutputArea-output img { max-width: 100%; height: auto; }
+.jp-RenderedHTMLCommon table { display: block; max-width: 100%; overflow-x: auto; }
+.jp-OutputArea-output pre, .jp-InputArea-editor pre, .jp-RenderedHTMLCommon pre { overflow-x: auto; }
+.jp-Cell, .jp-InputArea, .jp-OutputArea-child, .jp-InputArea-editor, .jp-OutputArea-output { min-width: 0; }
+@media (max-width: 600px) {
+  .jp-InputPrompt, .jp-OutputPrompt { display: none; }
+  .jp-Notebook { padding: 4px; }
+}
+"""
+
+GALLERY_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #222;
+  background: #f4f5f7; line-height: 1.45; }
+.lk-page { max-width: 1240px; margin: 0 auto; padding: 16px; }
+.lk-page > h1 { margin: 8px 0; font-size: 1.7rem; }
+.lk-intro { max-width: 80ch; color: #444; margin-top: 0; }
+.lk-gallery { display: grid; gap: 18px; grid-template-columns: repeat(auto-fill, minmax(min(100%, 340px), 1fr));
+  padding: 0; margin: 16px 0; list-style: none; }
+.lk-card { background: #fff; border: 1px solid #d8dbe0; border-radius: 10px; overflow: hidden;
+  display: flex; flex-direction: column; min-width: 0; }
+.lk-figure { display: block; background: #fff; border-bottom: 1px solid #eceef1; }
+.lk-figure img { display: block; width: 100%; height: 190px; object-fit: contain; }
+.lk-nofig { height: 190px; display: flex; align-items: center; justify-content: center;
+  font-size: 3rem; color: #b8bec8; text-decoration: none; }
+.lk-body { padding: 12px 16px 16px; display: flex; flex-direction: column; gap: 8px; flex: 1; }
+.lk-body > * { margin: 0; }
+.lk-folder { font-size: 12px; color: #666; font-family: ui-monospace, monospace; }
+.lk-card h2 { font-size: 1.05rem; line-height: 1.3; }
+.lk-card h2 a { color: #1b1f24; text-decoration: none; }
+.lk-card h2 a:hover { text-decoration: underline; }
+.lk-learn { color: #333; }
+.lk-covers summary { cursor: pointer; color: #1a5fb4; font-size: 14px; }
+.lk-covers p { font-size: 14px; color: #444; margin: 4px 0 0; }
+.lk-results { list-style: none; padding: 0; font-size: 14px; border-top: 1px solid #eceef1; }
+.lk-results li { padding: 5px 0; border-bottom: 1px solid #eceef1; }
+.lk-results code { display: block; font-size: 12.5px; color: #444; overflow-wrap: anywhere; }
+.lk-results .lk-v { margin-right: 12px; white-space: nowrap; }
+.lk-results .lk-th { color: #666; white-space: nowrap; }
+.lk-fullon, .lk-times, .lk-status { font-size: 13.5px; color: #444; overflow-wrap: anywhere; }
+.lk-links { display: flex; flex-wrap: wrap; gap: 8px; margin-top: auto; padding-top: 4px; }
+.lk-btn { display: inline-block; padding: 6px 12px; border-radius: 6px; font-size: 14px; text-decoration: none;
+  background: #1a5fb4; color: #fff; overflow-wrap: anywhere; }
+.lk-btn.lk-full { background: #26734d; }
+.lk-btn.lk-none { background: #eceef1; color: #666; }
 """
 
 PAGE_TEMPLATE = """{%- extends 'index.html.j2' -%}
@@ -80,8 +142,7 @@ PAGE_TEMPLATE = """{%- extends 'index.html.j2' -%}
 {%- endblock extra_css -%}
 {%- block body_header -%}
 {{ super() }}
-<nav class="lk-nav"><a href="index.html">&larr; All topics</a> &middot; {{ resources.lk_folder }}
-{%- if resources.lk_source %} &middot; <span class="lk-muted">{{ resources.lk_source }}</span>{% endif %}</nav>
+<nav class="lk-nav">{{ resources.lk_nav }}</nav>
 {%- endblock body_header -%}
 {% block body_footer %}
 {{ resources.lk_footer }}
@@ -106,10 +167,10 @@ def find_notebook(src: Path, folder: str) -> Path | None:
     return None
 
 
-def discover(src: Path, meta: dict) -> list:
+def discover(src: Path, meta: dict, notebooks: Path = NOTEBOOKS) -> list:
     """Topic folders: those in the metadata, in notebooks/, and in the source folder."""
     found = set(meta)
-    found |= {p.parent.name for p in NOTEBOOKS.glob("*/*.ipynb") if p.stem == p.parent.name}
+    found |= {p.parent.name for p in notebooks.glob("*/*.ipynb") if p.stem == p.parent.name}
     found |= {p.stem for p in src.glob("*.ipynb") if re.match(r"^\d\d_", p.stem)}
     found |= {p.parent.name for p in src.glob("*/*.ipynb") if p.stem == p.parent.name}
     return sorted(found)
@@ -155,12 +216,19 @@ def threshold_text(spec) -> tuple:
     return ", ".join(parts), (lambda v: all(c(v) for c in checks)) if checks else None
 
 
+def machine_label(m) -> str:
+    """'2 &times; NVIDIA H100 80GB HBM3' from a machine record (labkit's machine_info, or a plain string)."""
+    if isinstance(m, str):
+        return esc(m)
+    m = m if isinstance(m, dict) else {}
+    if not m.get("gpu"):
+        return f"CPU only: {esc(m['cpu'])}" if m.get("cpu") else "CPU only (no GPU recorded)"
+    gpu, count = m["gpu"], m.get("gpu_count")
+    return f"{count} &times; {esc(gpu)}" if isinstance(count, int) and count > 1 else esc(gpu)
+
+
 def machine_text(ref: dict) -> str:
-    m = ref.get("machine") or {}
-    gpu = m.get("gpu") or "CPU only (no GPU recorded)"
-    count = m.get("gpu_count")
-    gpu = f"{count} &times; {esc(gpu)}" if isinstance(count, int) and count > 1 else esc(gpu)
-    return gpu
+    return machine_label(ref.get("machine"))
 
 
 def reference_block(folder: str, ref: dict | None, meta_entry: dict, heading: str = "h2") -> str:
@@ -271,18 +339,20 @@ def error_count(nb) -> int:
                for o in c.get("outputs", []) if o.get("output_type") == "error")
 
 
+def notebook_title(nb, default: str) -> str:
+    return next((line[2:].strip() for c in nb.cells if c.cell_type == "markdown"
+                 for line in c.source.splitlines() if line.startswith("# ")), default)
+
+
 def render_notebook(exporter: HTMLExporter, path: Path, folder: str, folders: list,
-                    footer: str, source_label: str) -> tuple:
-    """(html, notebook) of one notebook file."""
+                    footer: str, nav: str, img_dir: Path | None = None) -> tuple:
+    """(html, notebook) of one notebook file; `nav` is the HTML of the bar above it."""
     nb = nbformat.read(path, as_version=4)
-    title = next((line[2:].strip() for c in nb.cells if c.cell_type == "markdown"
-                  for line in c.source.splitlines() if line.startswith("# ")), folder)
-    nb.metadata["title"] = title
+    nb.metadata["title"] = notebook_title(nb, folder)
     # Images referenced by relative path in markdown live beside the committed notebook.
-    img_dir = NOTEBOOKS / folder if (NOTEBOOKS / folder).is_dir() else path.parent
-    resources = {"metadata": {"name": folder, "path": str(img_dir)},
+    resources = {"metadata": {"name": folder, "path": str(img_dir or path.parent)},
                  "lk_css": SITE_CSS, "lk_error_class": ERROR_CLASS,
-                 "lk_expected_error_class": EXPECTED_ERROR_CLASS, "lk_folder": folder, "lk_footer": footer, "lk_source": source_label}
+                 "lk_expected_error_class": EXPECTED_ERROR_CLASS, "lk_footer": footer, "lk_nav": nav}
     rendered = copy.deepcopy(nb)
     mathml = math_placeholders(rendered, secrets.token_hex(4))
     body, _ = exporter.from_notebook_node(rendered, resources=resources)
@@ -292,48 +362,227 @@ def render_notebook(exporter: HTMLExporter, path: Path, folder: str, folders: li
     return rewrite_links(body, folders), nb
 
 
-def status_cell(row: dict | None, profile: str | None) -> str:
+# ---------------------------------------------------------------- what a card shows
+
+
+def png_size(raw: bytes) -> tuple:
+    """(width, height) from a PNG's IHDR chunk; (0, 0) when it is not a PNG."""
+    if raw[:8] != b"\x89PNG\r\n\x1a\n" or len(raw) < 24:
+        return 0, 0
+    return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+
+
+def card_figure(nb) -> bytes | None:
+    """The PNG a topic's card shows: the image of a cell tagged `site-figure`, else the first figure at
+    least 400 px wide that is not a thin strip (at most 4:1), else the first figure; None without any."""
+    found = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        for out in cell.get("outputs", []):
+            b64 = (out.get("data") or {}).get("image/png")
+            try:
+                raw = base64.b64decode(b64 if isinstance(b64, str) else "".join(b64 or ""), validate=False)
+            except ValueError:
+                continue
+            if not png_size(raw)[0]:
+                continue
+            if FIGURE_TAG in cell.metadata.get("tags", []):
+                return raw
+            found.append(raw)
+    fits = [r for r in found if png_size(r)[0] >= 400 and png_size(r)[0] <= 4 * png_size(r)[1]]
+    return (fits or found or [None])[0]
+
+
+def card_image(raw: bytes) -> bytes:
+    """The card's copy of a figure: scaled down to CARD_IMAGE_WIDTH (Pillow), else as it is."""
+    if png_size(raw)[0] <= CARD_IMAGE_WIDTH:
+        return raw
+    try:
+        from PIL import Image
+        img = Image.open(io.BytesIO(raw))
+        img = img.resize((CARD_IMAGE_WIDTH, max(1, round(img.height * CARD_IMAGE_WIDTH / img.width))), Image.LANCZOS)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", optimize=True)
+        return buf.getvalue()
+    except Exception:  # Pillow missing or the image odd: the original is still a fine figure
+        return raw
+
+
+class _Tables(HTMLParser):
+    """Every <table> of an HTML fragment as rows of cell texts."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self._cell = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr" and self.tables:
+            self.tables[-1].append([])
+        elif tag in ("td", "th") and self.tables and self.tables[-1]:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def recorded_metrics(nb) -> dict:
+    """The metrics a notebook's run recorded, read off the table labkit.compare_table shows (a
+    'this run' column, one metric per row; values rounded as shown); {} when it shows none."""
+    metrics = {}
+    for cell in nb.cells:
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            html_text = (out.get("data") or {}).get("text/html")
+            if not html_text or "this run" not in html_text:
+                continue
+            parser = _Tables()
+            parser.feed(html_text if isinstance(html_text, str) else "".join(html_text))
+            for rows in parser.tables:
+                col = next((r.index("this run") for r in rows if "this run" in r), None)
+                if col is None:
+                    continue
+                for row in rows:
+                    if len(row) > col and row[0] and row[0] != "metric":
+                        try:
+                            metrics[row[0]] = float(row[col])
+                        except ValueError:
+                            pass
+    return metrics
+
+
+def fmt_when(created) -> str:
+    """'2026-11-30 15:04' from an ISO date or time (UTC offset dropped), '?' when absent."""
+    if not created:
+        return "?"
+    return esc(str(created).replace("T", " ")[:16])
+
+
+def full_run_info(topic_dir: Path) -> dict | None:
+    """The topic's published full-scale run (results/full.ipynb): its path and labels."""
+    path = topic_dir / "results" / "full.ipynb"
+    if not path.is_file():
+        return None
+    try:
+        meta = (nbformat.read(path, as_version=4).metadata.get("labkit") or {})
+    except Exception as err:
+        return {"path": path, "error": f"{type(err).__name__}: {str(err)[:200]}"}
+    return {"path": path, "page": f"{topic_dir.name}.full.html", "machine": machine_label(meta.get("machine")),
+            "when": fmt_when(meta.get("created")), "profile": esc(meta.get("profile") or "?"),
+            "run_id": esc(meta.get("run_id") or "?")}
+
+
+def nav_bar(e: dict, current: str) -> str:
+    """The bar above a topic page: back to the index, the two runs (the current one in bold)."""
+    full = e.get("full")
+    smoke = (f'{esc(e["profile"] or "smoke")} run &middot; <span class="lk-muted">{esc(e["source_label"])}</span>')
+    runs = [f'<span class="lk-here">{smoke}</span>' if current == "smoke"
+            else f'<a href="{esc(e["folder"])}.html">{smoke}</a>']
+    if full and full.get("page"):
+        label = f'full-scale run &middot; {full["machine"]} &middot; {full["when"]} &middot; profile {full["profile"]}'
+        runs.append(f'<span class="lk-here">{label}</span>' if current == "full"
+                    else f'<a href="{esc(full["page"])}">{label}</a>')
+    note = ""
+    if current == "full":
+        note = (f'<span class="lk-run-note">Executed by papermill with profile {full["profile"]} on {full["machine"]}, '
+                f'{full["when"]} (run {full["run_id"]}); outputs as that run left them, figures recompressed.</span>')
+    return (f'<a href="index.html">&larr; All topics</a> &middot; <b>{esc(e["folder"])}</b> &middot; '
+            + " | ".join(runs) + note)
+
+
+def status_line(row: dict | None, profile: str | None) -> str:
     if row is None:
         return '<span class="lk-muted">not in the last run</span>'
     status = row.get("status", "?")
-    cls = "lk-ok" if status == "ok" else "lk-bad"
-    wall = row.get("wall_s")
-    text = f'<span class="{cls}">{esc(status)}</span>'
-    if isinstance(wall, (int, float)):
-        text += f" &middot; {wall:.0f} s"
+    text = f'<span class="{"lk-ok" if status == "ok" else "lk-bad"}">{esc(status)}</span>'
+    if isinstance(row.get("wall_s"), (int, float)):
+        text += f" &middot; {row['wall_s']:.0f} s"
     if profile:
         text += f' <span class="lk-muted">({esc(profile)})</span>'
-    metrics = row.get("metrics") or {}
-    if metrics:
-        text += "<br><small>" + ", ".join(f"{esc(k)}={fmt_num(v)}" for k, v in list(metrics.items())[:3]) + "</small>"
     if row.get("error"):
         text += f"<br><small>{esc(str(row['error'])[:200])}</small>"
     return text
 
 
-def index_page(entries: list, profile: str | None, source_label: str, summary_found: bool) -> str:
+def headline_rows(e: dict) -> str:
+    """The results a topic is judged by (its thresholds in ci/metadata.yml): this build's value and the
+    full run's, with the verdict on the full one (thresholds are for the full profile)."""
+    thresholds = e["meta"].get("thresholds") or {}
+    if not thresholds:
+        return '<p class="lk-muted">Judged by its checks; no metric thresholds.</p>'
+    ref = (e["ref"] or {}).get("metrics") or {}
     rows = []
-    for e in entries:
-        m = e["meta"]
-        topic = esc(m.get("topic") or e["folder"])
-        if e["page"]:
-            name = f'<a href="{esc(e["page"])}">{esc(e["folder"])}</a>'
-            if e["errors"]:
-                name += f'<br><span class="lk-bad">{e["errors"]} error output(s)</span>'
-        elif e.get("failed"):
-            name = (f'{esc(e["folder"])}<br><span class="lk-bad lk-not-built">could not be rendered</span>'
-                    f'<br><small>{esc(e["failed"])}</small>')
-        else:
-            name = f'{esc(e["folder"])}<br><span class="lk-muted lk-not-built">not built</span>'
-        ref = e["ref"]
-        ref_cell = (f'<a href="#ref-{esc(e["folder"])}">{machine_text(ref)}</a>' if ref
-                    else '<span class="lk-muted">none yet</span>')
-        rows.append(
-            f'<tr id="topic-{esc(e["folder"])}"><td>{name}</td><td>{topic}</td><td>{esc(m.get("learn", ""))}</td>'
-            f'<td>{fmt_minutes(m.get("cpu_smoke_minutes"))}</td><td>{fmt_minutes(m.get("gpu_full_minutes"))}</td>'
-            f'<td>{esc(m.get("hardware", ""))}</td><td>{status_cell(e["run"], profile)}</td><td>{ref_cell}</td></tr>')
-    refs = "".join(reference_block(e["folder"], e["ref"], e["meta"], "h3") for e in entries if e["ref"])
+    for name in list(thresholds)[:HEADLINE_METRICS]:
+        text, check = threshold_text(thresholds[name])
+        this = e["metrics"].get(name)
+        full = ref.get(name)
+        verdict = ""
+        if check is not None and isinstance(full, (int, float)) and not isinstance(full, bool):
+            verdict = '<span class="lk-ok">&#10003;</span> ' if check(full) else '<span class="lk-bad">&#10007;</span> '
+        rows.append(f"<li><code>{esc(name)}</code><span class=\"lk-v\">{esc(e['profile'] or 'smoke')} "
+                    f"<b>{fmt_num(this) if this is not None else '&mdash;'}</b></span>"
+                    f"<span class=\"lk-v\">full <b>{fmt_num(full) if full is not None else '&mdash;'}</b></span>"
+                    f"<span class=\"lk-th\">{verdict}{text}</span></li>")
+    more = len(thresholds) - HEADLINE_METRICS
+    if more > 0:
+        rows.append(f'<li class="lk-muted">and {more} more on the page</li>')
+    return f'<ul class="lk-results">{"".join(rows)}</ul>'
+
+
+def card(e: dict, profile: str | None) -> str:
+    m, folder = e["meta"], esc(e["folder"])
+    page = esc(e["page"]) if e["page"] else None
+    title = esc(e.get("title") or m.get("topic") or e["folder"])
+    href = page or (esc(e["full"]["page"]) if e.get("full") and e["full"].get("page") else None)
+    if e.get("figure"):
+        w, h = e["figure_size"]
+        img = f'<img src="{esc(e["figure"])}" alt="A figure from {title}" width="{w}" height="{h}">'
+        figure = f'<a class="lk-figure" href="{href}">{img}</a>' if href else f'<div class="lk-figure">{img}</div>'
+    else:
+        figure = f'<div class="lk-figure lk-nofig" aria-hidden="true">{esc(e["folder"][:2])}</div>'
+    heading = f'<a href="{href}">{title}</a>' if href else title
+    state = ""
+    if e.get("failed"):
+        state = (f'<p><span class="lk-bad lk-not-built">could not be rendered</span>'
+                 f'<br><small>{esc(e["failed"])}</small></p>')
+    elif not page:
+        state = '<p><span class="lk-muted lk-not-built">not built</span></p>'
+    elif e["errors"]:
+        state = f'<p><span class="lk-bad">{e["errors"]} error output(s)</span></p>'
+    ref, full = e["ref"], e.get("full")
+    full_on = (f'<p class="lk-fullon">Full results: {machine_text(ref)}, {fmt_when(ref.get("created"))}'
+               f' (profile {esc(ref.get("profile", "?"))})</p>') if ref else ""
+    links = []
+    if page:
+        links.append(f'<a class="lk-btn" href="{page}">{esc(e["profile"] or "smoke").capitalize()} run</a>')
+    if full and full.get("page"):
+        links.append(f'<a class="lk-btn lk-full" href="{esc(full["page"])}">Full run &middot; {full["machine"]}'
+                     f' &middot; {full["when"][:10]}</a>')
+    elif ref and page:
+        links.append(f'<a class="lk-btn lk-full" href="{page}#ref-{folder}">Full results &middot; {machine_text(ref)}</a>')
+    else:
+        links.append('<span class="lk-btn lk-none">no full run yet</span>')
+    covers = (f'<details class="lk-covers"><summary>What it covers</summary><p>{esc(m["topic"])}</p></details>'
+              if m.get("topic") else "")
+    return (f'<li class="lk-card" id="topic-{folder}">{figure}<div class="lk-body">'
+            f'<p class="lk-folder">{folder}</p><h2>{heading}</h2>{state}'
+            f'<p class="lk-learn">{esc(m.get("learn", ""))}</p>{covers}{headline_rows(e)}{full_on}'
+            f'<p class="lk-times">CPU smoke {fmt_minutes(m.get("cpu_smoke_minutes"))} &middot; GPU full '
+            f'{fmt_minutes(m.get("gpu_full_minutes"))}<br><span class="lk-muted">{esc(m.get("hardware", ""))}</span></p>'
+            + (f'<p class="lk-status">Last run: {status_line(e["run"], profile)}</p>' if e["summary"] else "")
+            + f'<div class="lk-links">{"".join(links)}</div></div></li>')
+
+
+def index_page(entries: list, profile: str | None, source_label: str, summary_found: bool) -> str:
     built = sum(1 for e in entries if e["page"])
+    fulls = sum(1 for e in entries if e.get("full") and e["full"].get("page"))
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     run_note = (f"Last run: profile <b>{esc(profile)}</b> (build/summary.json)." if summary_found
                 else "No run recorded yet (build/summary.json is absent): run <code>make run</code>.")
@@ -345,36 +594,35 @@ def index_page(entries: list, profile: str | None, source_label: str, summary_fo
 <title>{esc(SITE_TITLE)}</title>
 <link rel="icon" href="data:,">
 <style type="text/css">
-body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px; color: #222; }}
-h1 {{ margin-top: 0; }}
+{GALLERY_CSS}
 {SITE_CSS}
 </style>
 </head>
 <body>
-<main>
+<main class="lk-page">
 <h1>{esc(SITE_TITLE)}</h1>
-<p>{built} of {len(entries)} notebooks rendered from {esc(source_label)}, built {esc(now)}. {run_note}
-Times: CPU smoke on the 2-core CI machine, GPU full on the GPU named in the reference results.</p>
-<table class="lk-table" id="topics">
-<tr><th>notebook</th><th>topic</th><th>what you learn</th><th>CPU smoke</th><th>GPU full</th>
-<th>hardware</th><th>last run</th><th>reference results (full)</th></tr>
-{''.join(rows)}
-</table>
-<h2>Reference results (full profile, on the GPU where the topic uses one)</h2>
-{refs or '<p class="lk-muted">No topic has committed reference results (notebooks/&lt;folder&gt;/results/full.json) yet.</p>'}
+<p class="lk-intro">Each topic is one notebook: its smoke run takes minutes on a CPU, its full-scale run
+needs a GPU. Every card links the smoke run ({built} of {len(entries)} rendered from {esc(source_label)})
+and, for {fulls} topics so far, the full-scale run as executed on the GPU machine. {run_note}
+Built {esc(now)}. Times: CPU smoke on the 2-core CI machine, GPU full on the machine named in the full results.</p>
+<ul class="lk-gallery" id="topics">
+{"".join(card(e, profile) for e in entries)}
+</ul>
 </main>
 </body>
 </html>
 """
 
 
-def build(src: Path, out: Path, summary_path: Path = BUILD / "summary.json", quiet: bool = False) -> list:
-    """Render the site into `out`; returns one entry per topic (folder, page or None, errors...)."""
-    src, out = Path(src), Path(out)
+def build(src: Path, out: Path, summary_path: Path = BUILD / "summary.json", quiet: bool = False,
+          notebooks: Path = NOTEBOOKS) -> list:
+    """Render the site into `out`; returns one entry per topic (folder, page or None, errors...).
+    `notebooks` is where each topic's folder (results/, images) lives: the repository's by default."""
+    src, out, notebooks = Path(src), Path(out), Path(notebooks)
     meta = metadata()
-    folders = discover(src, meta)
+    folders = discover(src, meta, notebooks)
     profile, runs = last_run(summary_path)
-    source_label = ("the committed notebooks (smoke outputs)" if src.resolve() == NOTEBOOKS.resolve()
+    source_label = ("the committed notebooks (smoke outputs)" if src.resolve() == notebooks.resolve()
                     else str(src.resolve().relative_to(ROOT)) if src.resolve().is_relative_to(ROOT)
                     else str(src))
     exporter = make_exporter()
@@ -383,38 +631,68 @@ def build(src: Path, out: Path, summary_path: Path = BUILD / "summary.json", qui
     entries = []
     for folder in folders:
         m = meta.get(folder) or {}
-        ref = read_json(NOTEBOOKS / folder / "results" / "full.json")
+        topic_dir = notebooks / folder
+        ref = read_json(topic_dir / "results" / "full.json")
         ref = ref if isinstance(ref, dict) else None
-        entry = {"folder": folder, "meta": m, "ref": ref, "run": runs.get(folder), "page": None, "errors": 0,
-                 "failed": None}
+        run = runs.get(folder)
+        entry = {"folder": folder, "meta": m, "ref": ref, "run": run, "page": None, "errors": 0, "failed": None,
+                 "full": full_run_info(topic_dir), "profile": profile or "smoke", "source_label": source_label,
+                 "metrics": dict((run or {}).get("metrics") or {}), "figure": None, "title": None,
+                 "summary": bool(runs)}
+        entries.append(entry)
+        footer = reference_block(folder, ref, m)
+        img_dir = topic_dir if topic_dir.is_dir() else None
+        figure_nb = None
         path = find_notebook(src, folder)
         if path is not None:
-            footer = reference_block(folder, ref, m)
             try:
-                page, nb = render_notebook(exporter, path, folder, folders, footer, f"from {source_label}")
+                page, nb = render_notebook(exporter, path, folder, folders, footer, nav_bar(entry, "smoke"), img_dir)
             except Exception as err:  # one broken notebook must not take the whole site down
                 entry["failed"] = f"{type(err).__name__}: {str(err)[:300]}"
                 print(f"[site] {folder}: could not render {path}: {entry['failed']}", file=sys.stderr)
-                entries.append(entry)
-                continue
-            atomic_write_text(out / f"{folder}.html", page)
-            entry["page"] = f"{folder}.html"
-            entry["errors"] = error_count(nb)
-            if not quiet:
-                note = f" ({entry['errors']} error output(s)!)" if entry["errors"] else ""
-                print(f"[site] {folder}: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}"
-                      f" -> {out / entry['page']}{note}")
+            else:
+                atomic_write_text(out / f"{folder}.html", page)
+                entry.update(page=f"{folder}.html", errors=error_count(nb), title=nb.metadata["title"])
+                entry["metrics"] = entry["metrics"] or recorded_metrics(nb)
+                figure_nb = nb
+                if not quiet:
+                    note = f" ({entry['errors']} error output(s)!)" if entry["errors"] else ""
+                    print(f"[site] {folder}: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}"
+                          f" -> {out / entry['page']}{note}")
         elif not quiet:
             print(f"[site] {folder}: not built (no notebook in {src})")
-        entries.append(entry)
+        full = entry["full"]
+        if full and full.get("page"):
+            try:
+                page, nb = render_notebook(exporter, full["path"], folder, folders, footer, nav_bar(entry, "full"), img_dir)
+            except Exception as err:
+                full.update(page=None, error=f"{type(err).__name__}: {str(err)[:300]}")
+            else:
+                atomic_write_text(out / full["page"], page)
+                full["errors"] = error_count(nb)
+                entry["title"] = entry["title"] or nb.metadata["title"]
+                figure_nb = nb  # the full run's figure shows what the topic does at scale
+                if not quiet:
+                    print(f"[site] {folder}: {full['path']} -> {out / full['page']}")
+        if full and full.get("error"):
+            entry["failed"] = entry["failed"] or f"results/full.ipynb: {full['error']}"
+            print(f"[site] {folder}: could not render results/full.ipynb: {full['error']}", file=sys.stderr)
+        raw = card_figure(figure_nb) if figure_nb is not None else None
+        if raw:
+            small = card_image(raw)
+            atomic_write_bytes(out / "img" / f"{folder}.png", small)
+            entry.update(figure=f"img/{folder}.png", figure_size=png_size(small))
     atomic_write_text(out / "index.html", index_page(entries, profile, source_label, bool(runs)))
-    # Pages of notebooks that are gone would linger and mislead: remove them.
-    keep = {e["page"] for e in entries if e["page"]} | {"index.html"}
-    for stale in out.glob("*.html"):
-        if stale.name not in keep:
-            stale.unlink()
+    # Pages and figures of notebooks that are gone would linger and mislead: remove them.
+    keep = ({e["page"] for e in entries if e["page"]} | {e["full"]["page"] for e in entries if e.get("full")
+                                                          and e["full"].get("page")} | {"index.html"})
+    figures = {Path(e["figure"]).name for e in entries if e["figure"]}
+    for stale in [p for p in out.glob("*.html") if p.name not in keep] + \
+                 [p for p in (out / "img").glob("*.png") if p.name not in figures]:
+        stale.unlink()
     if not quiet:
-        print(f"[site] {out / 'index.html'}: {sum(1 for e in entries if e['page'])} of {len(entries)} notebooks")
+        print(f"[site] {out / 'index.html'}: {sum(1 for e in entries if e['page'])} of {len(entries)} notebooks"
+              f", {sum(1 for e in entries if e.get('full') and e['full'].get('page'))} full-scale runs")
     return entries
 
 

@@ -30,6 +30,7 @@ def _site_inputs(src: Path) -> list:
     files = [ROOT / "ci" / "metadata.yml", ROOT / "ci" / "build_site.py", ROOT / "build" / "summary.json"]
     files += list(src.glob("*.ipynb")) + list(src.glob("*/*.ipynb"))
     files += list((ROOT / "notebooks").glob("*/results/full.json"))
+    files += list((ROOT / "notebooks").glob("*/results/full.ipynb"))
     return [f for f in files if f.exists()]
 
 

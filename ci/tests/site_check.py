@@ -1,8 +1,8 @@
 """Helpers of the browser tests: serve a folder on loopback, drive Debian's Chromium, check a page.
 
 `check_page` is the one definition of "this page is fine": it loaded (HTTP 200), logged no console
-error and threw no script error, asked for nothing outside the site, displayed every <img>, and
-shows no error output of a notebook cell.
+error and threw no script error, asked for nothing outside the site, displayed every <img>, shows
+no error output of a notebook cell, and does not scroll sideways at the width it was opened at.
 """
 from __future__ import annotations
 
@@ -51,6 +51,20 @@ IMAGES_JS = """
   width: img.naturalWidth,
 }))
 """
+
+
+IMAGE_MIMES = ("image/png", "image/jpeg", "image/gif")
+
+
+def shown_images(nb) -> int:
+    """Image outputs the lab template shows as <img> (it prefers HTML/SVG when an output has them)."""
+    n = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if any(m in data for m in IMAGE_MIMES) and not any(m in data for m in ("text/html", "image/svg+xml")):
+                n += 1
+    return n
 
 
 def committed_notebooks() -> list:
@@ -110,6 +124,8 @@ class PageReport:
     broken_images: list = field(default_factory=list)
     error_outputs: list = field(default_factory=list)
     images: int = 0
+    width: int = 0  # the viewport's CSS width
+    overflow_x: int = 0  # how far the page scrolls sideways (px); wide code scrolls in its own box
 
     def problems(self) -> list:
         out = []
@@ -121,14 +137,22 @@ class PageReport:
         out += [f"failed request: {u}" for u in self.failed_requests]
         out += [f"image not displayed: {i}" for i in self.broken_images]
         out += [f"cell error shown: {e}" for e in self.error_outputs]
+        if self.overflow_x > 0:
+            out.append(f"the page scrolls sideways by {self.overflow_x} px at {self.width} px wide")
         return out
 
 
+OVERFLOW_JS = "() => [window.innerWidth, document.documentElement.scrollWidth - window.innerWidth]"
+
+
 def check_page(ctx, url: str, base: str, screenshot: Path | None = None,
-               full_page: bool = False) -> PageReport:
-    """Open `url` in a new page of `ctx` and collect everything wrong with it (see PageReport)."""
+               full_page: bool = False, width: int | None = None) -> PageReport:
+    """Open `url` in a new page of `ctx` (at `width` CSS px, else the context's) and collect
+    everything wrong with it (see PageReport)."""
     report = PageReport(url)
     page = ctx.new_page()
+    if width is not None:
+        page.set_viewport_size({"width": width, "height": 900})
 
     def on_request(route):
         req_url = route.request.url
@@ -154,6 +178,7 @@ def check_page(ctx, url: str, base: str, screenshot: Path | None = None,
         report.images = len(images)
         report.broken_images = [i["src"] for i in images if not (i["complete"] and i["width"] > 0)]
         report.error_outputs = page.evaluate(ERROR_OUTPUTS_JS)
+        report.width, report.overflow_x = page.evaluate(OVERFLOW_JS)
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot), full_page=full_page)

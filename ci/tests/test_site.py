@@ -14,11 +14,16 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 import build_site
 import site_check
-from site_check import SCREENSHOTS, committed_notebooks
+from site_check import ROOT, SCREENSHOTS, committed_notebooks, shown_images
 
 FOLDERS = [p.parent.name for p in committed_notebooks()]
-PAGES = ["index"] + FOLDERS
-IMAGE_MIMES = ("image/png", "image/jpeg", "image/gif")
+# Published full-scale runs (ci/full_runs.py) have pages of their own: <folder>.full.html.
+FULL_RUNS = [f for f in FOLDERS if (ROOT / "notebooks" / f / "results" / "full.ipynb").is_file()]
+PAGES = ["index"] + FOLDERS + [f"{f}.full" for f in FULL_RUNS]
+PHONE = 390  # CSS px: a phone held upright
+# Every page at 1280 px; at phone width the index, the first notebook and every full-scale run
+# (test_gallery.py opens a smoke and a full page of one topic at both widths too).
+CHECKS = [(p, 1280) for p in PAGES] + [(p, PHONE) for p in PAGES if p in ("index", FOLDERS[0]) or p.endswith(".full")]
 
 
 def tiny_png(w: int = 4, h: int = 3) -> bytes:
@@ -28,17 +33,6 @@ def tiny_png(w: int = 4, h: int = 3) -> bytes:
     rows = b"".join(b"\x00" + bytes([200, 30, 30]) * w for _ in range(h))
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
-
-
-def shown_images(nb) -> int:
-    """Image outputs the lab template shows as <img> (it prefers HTML/SVG when an output has them)."""
-    n = 0
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            data = out.get("data", {})
-            if any(m in data for m in IMAGE_MIMES) and not any(m in data for m in ("text/html", "image/svg+xml")):
-                n += 1
-    return n
 
 
 def assert_clean(report: site_check.PageReport):
@@ -58,20 +52,29 @@ def test_index_lists_every_topic(site_dir):
         assert f'id="topic-{folder}"' in index, f"metadata topic {folder} is missing from the index"
         if folder not in FOLDERS:
             assert "not built" in index
+    for folder in FULL_RUNS:
+        assert f'href="{folder}.full.html"' in index, f"index does not link the full run of {folder}"
+        assert (site_dir / f"{folder}.full.html").is_file()
 
 
-@pytest.mark.parametrize("page", PAGES)
-def test_page_loads_clean_in_chromium(page, site_dir, site_url, site_source, browser):
-    name = "index.html" if page == "index" else f"{page}.html"
-    # Screenshots kept as build artefacts: the index (whole page) and the first notebook (first screen).
-    shot = SCREENSHOTS / f"{page}.png" if page in PAGES[:2] else None
+@pytest.mark.parametrize("page, width", CHECKS, ids=[f"{p}-{w}" for p, w in CHECKS])
+def test_page_loads_clean_in_chromium(page, width, site_dir, site_url, site_source, browser):
+    name = f"{page}.html"
+    # Screenshots kept as build artefacts: the index at both widths (whole page), the first screen
+    # of the first notebook and of each full-scale run.
+    shot = SCREENSHOTS / f"{page}-{width}.png" if page in ("index", FOLDERS[0]) or page.endswith(".full") else None
     report = site_check.check_page(browser, site_url + name, site_url, screenshot=shot,
-                                   full_page=(page == "index"))
+                                   full_page=(page == "index"), width=width)
     assert_clean(report)
+    assert report.width == width
     if shot is not None:
         assert shot.stat().st_size > 1000
-    if page != "index":
-        src = build_site.find_notebook(site_source, page)
+    if page == "index":
+        assert report.images == len(list((site_dir / "img").glob("*.png"))) > 0  # one figure per card that has one
+    else:
+        folder = page.removesuffix(".full")
+        src = (ROOT / "notebooks" / folder / "results" / "full.ipynb" if page.endswith(".full")
+               else build_site.find_notebook(site_source, folder))
         if src is not None:
             expected = shown_images(nbformat.read(src, as_version=4))
             assert report.images >= expected, (f"{name} shows {report.images} images but the notebook "
