@@ -66,54 +66,58 @@ def _to_cpu_fp32(model, cuda: bool):
     return model.eval()
 
 
-def gptj(arch: str, device: str, dtype, prompt_len: int, new_tokens: int, repeat: int, log: Callable) -> Dict:
-    big = ft_bench.random_gptj(arch, dtype, device)
-    prompt = torch.randint(0, 50000 if arch == "gptj-6b" else 1000, (1, prompt_len)).tolist()[0]
-    cuda = device.startswith("cuda")
-    rt = ft_runtime_gptj.GPTJRuntime.from_hf(big, dtype=dtype, device=device, gemm_plan=ft_bench.H100_PLAN,
-                                             max_len=256, max_batch=1, cuda_graph=cuda)
-    if cuda:  # the notebook's headline GPU variant: fused step, torch.compile, CUDA graph
-        ft_gpu_bench.configure(rt, **ft_gpu_bench.VARIANTS[ft_gpu_bench.BEST_KEY])
+# per model: how the runtime and HF are timed (ft_bench), where the runtime's greedy tokens sit in what generate
+# returns, and HF generate's extra arguments and first generated position
+KINDS = {
+    "gptj": dict(runtime=ft_bench.runtime_gptj, hf=ft_bench.hf_gptj, rt_tokens=lambda out: out[0][0],
+                 hf_kw=dict(pad_token_id=50256), hf_first=lambda prompt_len: prompt_len),
+    "t5": dict(runtime=ft_bench.runtime_t5, hf=ft_bench.hf_t5, rt_tokens=lambda out: out[0][0, 0],
+               hf_kw=dict(num_beams=1), hf_first=lambda prompt_len: 1),
+}
+
+
+def compare(kind: str, big, make_runtime: Callable, prompt: list, device: str, new_tokens: int, repeat: int,
+            log: Callable) -> Dict:
+    """Time the runtime built by make_runtime(big) on `device`, then HF on the CPU in fp32 with the same weights."""
+    k, cuda = KINDS[kind], device.startswith("cuda")
+    rt = make_runtime(big)
     t0 = time.perf_counter()
-    rt_tokens = rt.generate([prompt], new_tokens, stop_at_end=False)[0][0].tolist()  # compiles / captures here
+    rt_tokens = k["rt_tokens"](rt.generate([prompt], new_tokens, stop_at_end=False)).tolist()  # compiles / captures
     setup_s = time.perf_counter() - t0
-    out = {"runtime": ft_bench.runtime_gptj(rt, prompt, new_tokens, device, repeat=repeat)}
-    out["runtime"]["setup_s"] = setup_s
-    log("GPT-J runtime", out["runtime"])
+    out = {"runtime": dict(k["runtime"](rt, prompt, new_tokens, device, repeat=repeat), setup_s=setup_s)}
+    log(kind, "runtime", out["runtime"])
     del rt
     cpu = _to_cpu_fp32(big, cuda)
     ids = torch.tensor([prompt])
-    out["hf_cpu_fp32"] = ft_bench.hf_gptj(cpu, ids, new_tokens, "cpu", repeat=repeat)
-    log("GPT-J HF CPU fp32", out["hf_cpu_fp32"])
+    out["hf_cpu_fp32"] = k["hf"](cpu, ids, new_tokens, "cpu", repeat=repeat)
+    log(kind, "HF CPU fp32", out["hf_cpu_fp32"])
     with torch.no_grad():
-        hf_tokens = cpu.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                 min_new_tokens=new_tokens, do_sample=False, pad_token_id=50256)[0, prompt_len:].tolist()
-    out["same_greedy_tokens"] = hf_tokens == rt_tokens  # fp16 GPU vs fp32 CPU: may part on random weights
+        hf = cpu.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                          do_sample=False, **k["hf_kw"])[0, k["hf_first"](len(prompt)):].tolist()
+    out["same_greedy_tokens"] = hf == rt_tokens  # fp16 GPU vs fp32 CPU: may part on random weights
     return out
+
+
+def gptj(arch: str, device: str, dtype, prompt_len: int, new_tokens: int, repeat: int, log: Callable) -> Dict:
+    cuda = device.startswith("cuda")
+
+    def make(big):
+        rt = ft_runtime_gptj.GPTJRuntime.from_hf(big, dtype=dtype, device=device, gemm_plan=ft_bench.H100_PLAN,
+                                                 max_len=256, max_batch=1, cuda_graph=cuda)
+        if cuda:  # the notebook's headline GPU variant: fused step, torch.compile, CUDA graph
+            ft_gpu_bench.configure(rt, **ft_gpu_bench.VARIANTS[ft_gpu_bench.BEST_KEY])
+        return rt
+
+    prompt = torch.randint(0, 50000 if arch == "gptj-6b" else 1000, (1, prompt_len))[0].tolist()
+    return compare("gptj", ft_bench.random_gptj(arch, dtype, device), make, prompt, device, new_tokens, repeat, log)
 
 
 def t5(arch: str, device: str, dtype, prompt_len: int, new_tokens: int, repeat: int, log: Callable) -> Dict:
     big = random_t5(arch, dtype, device)
-    src = torch.randint(2, min(32000, big.config.vocab_size), (1, prompt_len)).tolist()[0]
-    cuda = device.startswith("cuda")
-    rt = ft_runtime_t5.T5Runtime.from_hf(big, dtype=dtype, device=device, max_batch=1, max_out=new_tokens,
-                                         cuda_graph=cuda)   # on CUDA: compiled decoder step in a CUDA graph
-    t0 = time.perf_counter()
-    rt_tokens = rt.generate([src], new_tokens, stop_at_end=False)[0][0, 0].tolist()
-    setup_s = time.perf_counter() - t0
-    out = {"runtime": ft_bench.runtime_t5(rt, src, new_tokens, device, repeat=repeat)}
-    out["runtime"]["setup_s"] = setup_s
-    log("T5 runtime", out["runtime"])
-    del rt
-    cpu = _to_cpu_fp32(big, cuda)
-    ids = torch.tensor([src])
-    out["hf_cpu_fp32"] = ft_bench.hf_t5(cpu, ids, new_tokens, "cpu", repeat=repeat)
-    log("T5 HF CPU fp32", out["hf_cpu_fp32"])
-    with torch.no_grad():
-        hf_tokens = cpu.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                 min_new_tokens=new_tokens, do_sample=False, num_beams=1)[0, 1:].tolist()
-    out["same_greedy_tokens"] = hf_tokens == rt_tokens
-    return out
+    src = torch.randint(2, min(32000, big.config.vocab_size), (1, prompt_len))[0].tolist()
+    make = lambda m: ft_runtime_t5.T5Runtime.from_hf(m, dtype=dtype, device=device, max_batch=1, max_out=new_tokens,
+                                                     cuda_graph=device.startswith("cuda"))  # compiled step + graph
+    return compare("t5", big, make, src, device, new_tokens, repeat, log)
 
 
 def measure(device: str = "cuda", arch: str = "full", prompt_len: int = 32, new_tokens: int = 8, repeat: int = 3,
@@ -136,7 +140,8 @@ def measure(device: str = "cuda", arch: str = "full", prompt_len: int = 32, new_
     res["gptj"] = gptj(g_arch, device, dtype, prompt_len, new_tokens, repeat, log)
     res["t5"] = t5(t_arch, device, dtype, prompt_len, new_tokens, repeat, log)
     for k in ("gptj", "t5"):
-        res[f"{k}_speedup_vs_hf_cpu"] = res[k]["hf_cpu_fp32"]["ms_per_token"] / res[k]["runtime"]["ms_per_token"]
+        rt_ms = res[k]["runtime"]["ms_per_token"]  # 0 when N tokens timed no slower than 1 (noise): no ratio
+        res[f"{k}_speedup_vs_hf_cpu"] = res[k]["hf_cpu_fp32"]["ms_per_token"] / rt_ms if rt_ms > 0 else None
     res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     res["total_s"] = time.perf_counter() - t0
     return res
@@ -155,11 +160,11 @@ def main(argv=None) -> dict:
     res = measure(a.device, a.arch, a.prompt_len, a.new_tokens, a.repeat, a.seed, log=lambda *x: print(*x, flush=True))
     Path(a.out).write_text(json.dumps(res, indent=1))
     m = res["machine"]
+    ratio = lambda x: "no ratio (runtime timing too noisy: raise --new-tokens or --repeat)" if x is None else f"{x:.1f}x"
+    parts = [f"{name} {res[k]['hf_cpu_fp32']['ms_per_token']:.1f} vs {res[k]['runtime']['ms_per_token']:.2f} ms/token "
+             f"= {ratio(res[k + '_speedup_vs_hf_cpu'])}" for k, name in (("gptj", "GPT-J"), ("t5", "T5"))]
     print(f"on {m['cpu']} ({m['cpu_cores_usable']} cores, {m['torch_threads']} torch threads) and {m['gpu']}: "
-          f"GPT-J {res['gptj']['hf_cpu_fp32']['ms_per_token']:.1f} vs {res['gptj']['runtime']['ms_per_token']:.2f} "
-          f"ms/token = {res['gptj_speedup_vs_hf_cpu']:.1f}x; T5 {res['t5']['hf_cpu_fp32']['ms_per_token']:.1f} vs "
-          f"{res['t5']['runtime']['ms_per_token']:.2f} ms/token = {res['t5_speedup_vs_hf_cpu']:.1f}x "
-          f"({res['total_s']:.0f} s; written to {a.out})", flush=True)
+          + "; ".join(parts) + f" ({res['total_s']:.0f} s; written to {a.out})", flush=True)
     return res
 
 
