@@ -303,8 +303,23 @@ def sphere_cameras(n: int, radius: float, seed: int = 0, min_elevation: float = 
     return torch.stack(out)
 
 
+def camera_pose(c2w: torch.Tensor) -> torch.Tensor:
+    """A camera-to-world pose as (3, 4): a (3, 4) matrix as is, a homogeneous (4, 4) one whose last row
+    is (0, 0, 0, 1) without that row; anything else is an error."""
+    c2w = torch.as_tensor(c2w)
+    if c2w.shape == (4, 4):
+        if not torch.allclose(c2w[3].double().cpu(), torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)):
+            raise ValueError(f"a 4x4 camera-to-world pose must end in the row (0, 0, 0, 1); got {c2w[3].tolist()}")
+        c2w = c2w[:3]
+    if c2w.shape != (3, 4):
+        raise ValueError(f"camera pose must be a camera-to-world matrix of shape (3, 4) or (4, 4); got {tuple(c2w.shape)}")
+    return c2w.float()
+
+
 def camera_rays(c2w: torch.Tensor, width: int, height: int, fov_deg: float, offset=(0.5, 0.5)):
-    """Ray origins and unit directions (H*W, 3) through pixel (i + offset) of a pinhole camera."""
+    """Ray origins and unit directions (H*W, 3) through pixel (i + offset) of a pinhole camera.
+    c2w: camera-to-world (3, 4), or (4, 4) with last row (0, 0, 0, 1)."""
+    c2w = camera_pose(c2w)
     device = c2w.device
     focal = 0.5 * width / math.tan(0.5 * math.radians(fov_deg))
     j, i = torch.meshgrid(torch.arange(height, device=device, dtype=torch.float32),
@@ -403,6 +418,7 @@ class MultiViewDataset:
     width: int
     height: int
     fov_deg: float
+    masks: Optional[torch.Tensor] = None    # (V, H, W) bool: the pixel's centre ray hits an object
 
     def rays(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All rays: origins, directions (V*H*W, 3) and colours (V*H*W, 3)."""
@@ -410,23 +426,81 @@ class MultiViewDataset:
         return torch.cat(os_), torch.cat(ds), self.images.reshape(-1, 3)
 
     def to(self, device) -> "MultiViewDataset":
-        return MultiViewDataset(self.images.to(device), self.poses.to(device), self.width, self.height, self.fov_deg)
+        return MultiViewDataset(self.images.to(device), self.poses.to(device), self.width, self.height, self.fov_deg,
+                                None if self.masks is None else self.masks.to(device))
 
 
 def render_dataset(scene: Scene, n_train: int, n_test: int, size: int, fov_deg: float = 40.0,
                    radius: float = 2.7, seed: int = 0, supersample: int = 2) -> Dict[str, MultiViewDataset]:
     """Train and held-out views of `scene` from cameras on a sphere (different seeds, so the held-out
-    cameras are not among the training ones)."""
+    cameras are not among the training ones). Each view's mask marks the object pixels (centre ray hits)."""
     out = {}
     for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1000)):
         poses = sphere_cameras(n, radius, seed=s)
         dev = scene.light.device
-        imgs = [scene.render(p.to(dev), size, size, fov_deg, supersample)[0] for p in poses]
-        out[split] = MultiViewDataset(torch.stack(imgs), poses.to(dev), size, size, fov_deg)
+        imgs, masks = zip(*[scene.render(p.to(dev), size, size, fov_deg, supersample) for p in poses])
+        out[split] = MultiViewDataset(torch.stack(imgs), poses.to(dev), size, size, fov_deg,
+                                      torch.isfinite(torch.stack(masks)))
     return out
 
 
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """Peak signal-to-noise ratio in dB for images in [0, 1]."""
-    mse = torch.mean((pred.float().clamp(0, 1) - target.float()) ** 2).item()
+def check_image_pair(pred: torch.Tensor, target: torch.Tensor, what: str = "PSNR") -> None:
+    """Images compared by a metric: same shape, floating point, values in [0, 1]. A prediction may
+    stray a little outside [0, 1] (it is clipped, as a display would); 0..255 images are refused."""
+    if pred.shape != target.shape:
+        raise ValueError(f"{what}: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+    for name, img, lo, hi in (("target", target, 0.0, 1.0), ("prediction", pred, -0.5, 1.5)):
+        if not img.is_floating_point():
+            raise TypeError(f"{what}: the {name} is {img.dtype}; convert to float in [0, 1] (e.g. uint8 / 255)")
+        if img.numel():
+            mn, mx = float(img.min()), float(img.max())
+            if mn < lo - 1e-3 or mx > hi + 1e-3:
+                raise ValueError(f"{what}: the {name} has values in [{mn:.3g}, {mx:.3g}], outside [0, 1]; "
+                                 "images must be scaled to [0, 1] (divide 0..255 images by 255)")
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None) -> float:
+    """Peak signal-to-noise ratio in dB for images (..., C) in [0, 1]; with a boolean mask of shape
+    pred.shape[:-1], over the masked pixels only (NaN if the mask is empty)."""
+    check_image_pair(pred, target)
+    err = (pred.float().clamp(0, 1) - target.float()) ** 2
+    if mask is not None:
+        if mask.shape != pred.shape[:-1]:
+            raise ValueError(f"PSNR mask {tuple(mask.shape)} must match the image's pixels {tuple(pred.shape[:-1])}")
+        if not bool(mask.any()):
+            return float("nan")
+        err = err[mask.bool()]
+    mse = torch.mean(err).item()
     return float("inf") if mse == 0 else -10.0 * math.log10(mse)
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None, sigma: float = 1.5,
+         k1: float = 0.01, k2: float = 0.03) -> float:
+    """Structural similarity (Wang et al. 2004) of images (H, W, C) in [0, 1]: Gaussian window of
+    sigma 1.5 (11x11), data range 1, the mean over channels and over the pixels whose window lies
+    inside the image; this is scikit-image's structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=1) (tests/test_data.py compares the two). With a mask
+    (H, W), the SSIM map is averaged over the masked pixels among those."""
+    check_image_pair(pred, target, "SSIM")
+    if pred.ndim != 3:
+        raise ValueError(f"SSIM expects images (H, W, C); got {tuple(pred.shape)}")
+    r = int(3.5 * sigma + 0.5)                                # scikit-image's truncate=3.5 radius
+    if min(pred.shape[:2]) < 2 * r + 1:
+        raise ValueError(f"SSIM needs images of at least {2 * r + 1}x{2 * r + 1} pixels; got {tuple(pred.shape[:2])}")
+    g = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64) / sigma) ** 2)
+    g = (g / g.sum()).to(pred.device)
+    win = (g[:, None] * g[None, :])[None, None]              # (1, 1, 2r+1, 2r+1)
+    x = pred.double().clamp(0, 1).permute(2, 0, 1)[:, None]  # (C, 1, H, W)
+    y = target.double().permute(2, 0, 1)[:, None]
+    blur = lambda z: torch.nn.functional.conv2d(z, win)       # valid region only
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    c1, c2 = k1 ** 2, k2 ** 2
+    smap = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    smap = smap.mean(0)[0]                                    # mean over channels: (H - 2r, W - 2r)
+    if mask is None:
+        return float(smap.mean())
+    if mask.shape != pred.shape[:2]:
+        raise ValueError(f"SSIM mask {tuple(mask.shape)} must match the image's pixels {tuple(pred.shape[:2])}")
+    m = mask.bool()[r:-r, r:-r]
+    return float(smap[m].mean()) if bool(m.any()) else float("nan")

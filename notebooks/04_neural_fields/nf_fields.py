@@ -29,22 +29,13 @@ class MLP(nn.Sequential):
         super().__init__(*mods)
 
 
-class _TruncExp(torch.autograd.Function):
-    """exp(x) whose gradient uses exp(min(x, 15)) so a large density cannot blow up a step."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.exp(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * torch.exp(x.clamp(max=15))
-
-
 def trunc_exp(x: torch.Tensor) -> torch.Tensor:
-    return _TruncExp.apply(x)
+    """exp(x) whose gradient is exp(min(x, 15)), so a large density cannot blow up a step
+    (Instant-NGP's truncated exponential). Written with plain tensor ops (no autograd.Function), so
+    torch.compile traces it into the training step: xc equals min(x, 15) but has gradient 1."""
+    xc = x - (x - 15.0).clamp_min(0.0).detach()
+    ex = torch.exp(xc)
+    return torch.exp(x).detach() + ex - ex.detach()
 
 
 def sh_deg2(d: torch.Tensor) -> torch.Tensor:

@@ -10,18 +10,28 @@ decoder serves every LOD. The five grids, as in Kaolin Wisp:
                     published primes, direct indexing where a level fits its table).
 * ``OctreeGrid``    NGLOD sparse octree: features only at the corners of occupied cells, per LOD,
                     summed over LODs; lookups by binary search in sorted cell / corner keys.
-* ``TriplaneGrid``  EG3D triplanes with several LODs: a point's features are the sum of its three
-                    plane projections (one plane in 2-D), concatenated over LODs.
-* ``CodebookGrid``  VQAD-style learned-index codebook: each corner holds logits over K codewords;
+* ``TriplaneGrid``  triplanes with several LODs. planes="sum" (default) adds a point's three plane
+                    projections as EG3D does; planes="concat" concatenates them as Kaolin Wisp's
+                    ``TriplanarGrid`` does. LODs are concatenated (lods="concat", default) or summed
+                    (lods="sum", Wisp's default multiscale_type). One plane in 2-D.
+* ``CodebookGrid``  VQAD-style learned-index codebook on dense regular grids (VQAD uses octree
+                    corners): each corner holds logits over K codewords;
                     forward uses the hard (argmax) codeword, backward the softmax (straight-through),
                     so only log2(K) bits per corner plus the codebook are stored.
 
 All interpolation is d-linear over the 2^d corners of the cell that holds the point, so a grid is
 exact at its corners and continuous between them (tests/test_grids.py checks both).
+
+Inputs every grid accepts: floating points of shape (N, dim), N >= 0 (an empty batch gives (0,
+output_dim)); float64 points are computed in the grid's own dtype; points outside the box take the
+boundary's features; a point with a NaN or infinite coordinate gets NaN features (a defined result
+that needs no host-device synchronization, so training steps stay compilable). Integer points and
+fractional LODs are errors.
 """
 from __future__ import annotations
 
 import math
+import operator
 from typing import List, Optional, Sequence
 
 import torch
@@ -78,25 +88,68 @@ def separable_corners(u: torch.Tensor, res: torch.Tensor):
     return base.long(), frac, w
 
 
+def check_resolutions(resolutions: Sequence[int], kind: str) -> List[int]:
+    res = [operator.index(r) for r in resolutions]
+    if not res or min(res) < 1:
+        raise ValueError(f"{kind} grid needs at least one resolution, each >= 1 cell per side; got {list(resolutions)}")
+    return res
+
+
 class FeatureGrid(nn.Module):
-    """Common interface. Subclasses set dim, num_lods, output_dim and implement forward."""
+    """Common interface. Subclasses set dim, num_lods, output_dim and implement encode(points, lod)
+    for finite points in their own dtype; forward checks the input and handles the edge cases."""
 
     dim: int
     num_lods: int
     output_dim: int
     kind: str = "grid"
+    dims = (1, 2, 3)                    # the dimensions a grid kind supports
+
+    def check_dim(self, dim: int) -> None:
+        if dim not in self.dims:
+            raise ValueError(f"{self.kind} grid: dim={dim} is not supported (use {' or '.join(map(str, self.dims))})")
 
     def check_lod(self, lod: Optional[int]) -> int:
         if lod is None:
             return self.num_lods - 1
-        if not 0 <= int(lod) < self.num_lods:
+        if isinstance(lod, bool):
+            raise TypeError(f"lod must be an integer level of detail or None, not {lod!r}")
+        try:
+            lod = operator.index(lod)               # 1.5 and 1.0 are refused, not truncated
+        except TypeError:
+            raise TypeError(f"lod must be an integer level of detail or None, not {lod!r} "
+                            f"({type(lod).__name__})") from None
+        if not 0 <= lod < self.num_lods:
             raise ValueError(f"lod={lod} is out of range for a {self.kind} grid with {self.num_lods} LODs "
                              f"(use 0..{self.num_lods - 1} or None for all)")
-        return int(lod)
+        return lod
 
-    def check_points(self, points: torch.Tensor) -> None:
+    def param_dtype(self) -> torch.dtype:
+        p = next(self.parameters(), None)
+        return p.dtype if p is not None else torch.get_default_dtype()
+
+    def check_points(self, points: torch.Tensor) -> torch.Tensor:
+        """The points as a floating tensor (N, dim) in the grid's dtype; raises on anything else."""
+        if not isinstance(points, torch.Tensor):
+            raise TypeError(f"{self.kind} grid expects a torch.Tensor of points, not {type(points).__name__}")
         if points.ndim != 2 or points.shape[1] != self.dim:
             raise ValueError(f"{self.kind} grid expects points of shape (N, {self.dim}); got {tuple(points.shape)}")
+        if not points.is_floating_point():
+            raise TypeError(f"{self.kind} grid expects floating-point coordinates in [-1, 1], got {points.dtype} "
+                            f"(integer pixel or voxel indices must be scaled into the box first)")
+        return points.to(self.param_dtype())
+
+    def forward(self, points: torch.Tensor, lod: Optional[int] = None) -> torch.Tensor:
+        points = self.check_points(points)
+        lod = self.check_lod(lod)
+        if points.shape[0] == 0:
+            return points.new_zeros(0, self.output_dim)
+        finite = torch.isfinite(points).all(-1, keepdim=True)          # (N, 1)
+        out = self.encode(torch.where(finite, points, torch.zeros_like(points)), lod)
+        return torch.where(finite, out, torch.full_like(out, float("nan")))
+
+    def encode(self, points: torch.Tensor, lod: int) -> torch.Tensor:
+        raise NotImplementedError
 
     def num_params(self) -> int:
         """Trainable numbers."""
@@ -119,19 +172,19 @@ class DenseGrid(FeatureGrid):
     """Regular grids of (res+1)^dim corner features, one per LOD, concatenated. The baseline."""
 
     kind = "dense"
+    dims = (2, 3)                       # grid_sample: 4-D and 5-D inputs
 
     def __init__(self, dim: int = 3, resolutions: Sequence[int] = (64,), features: int = 8,
                  init_std: float = 0.01):
         super().__init__()
-        self.dim, self.resolutions, self.features = dim, list(resolutions), features
+        self.check_dim(dim)
+        self.dim, self.resolutions, self.features = dim, check_resolutions(resolutions, self.kind), features
         self.num_lods = len(self.resolutions)
         self.output_dim = features * self.num_lods
         shape = lambda r: (1, features) + (r + 1,) * dim
         self.grids = nn.ParameterList([nn.Parameter(torch.randn(shape(r)) * init_std) for r in self.resolutions])
 
-    def forward(self, points: torch.Tensor, lod: Optional[int] = None) -> torch.Tensor:
-        self.check_points(points)
-        lod = self.check_lod(lod)
+    def encode(self, points: torch.Tensor, lod: int) -> torch.Tensor:
         n = points.shape[0]
         # grid_sample wants (x, y[, z]) indexing (W, H[, D]): our grids are stored in that order.
         g = points.clamp(-1, 1).view(1, n, *([1] * (self.dim - 1)), self.dim)
@@ -171,8 +224,14 @@ class HashGrid(FeatureGrid):
     def __init__(self, dim: int = 3, levels: int = 16, features: int = 2, log2_table: int = 19,
                  n_min: int = 16, n_max: int = 2048, init_range: float = 1e-4):
         super().__init__()
-        if dim > len(PRIMES):
-            raise ValueError(f"dim={dim}: the hash has primes for up to {len(PRIMES)} dimensions")
+        self.check_dim(dim)
+        if levels < 1 or features < 1:
+            raise ValueError(f"hash grid needs levels >= 1 and features >= 1 (got {levels}, {features})")
+        if not 1 <= n_min <= n_max:
+            raise ValueError(f"hash grid needs 1 <= n_min <= n_max (coarsest <= finest resolution); "
+                             f"got n_min={n_min}, n_max={n_max}")
+        if not 1 <= log2_table <= 32:
+            raise ValueError(f"log2_table={log2_table}: the table holds 2^1 .. 2^32 rows (uint32 hash)")
         self.dim, self.levels, self.features = dim, levels, features
         self.table_size = 2 ** log2_table
         self.growth = hash_growth(n_min, n_max, levels)
@@ -200,9 +259,7 @@ class HashGrid(FeatureGrid):
         idx = torch.where(self.is_hashed[levels][None, :, None], hashed, direct)
         return idx + self.offsets[levels][None, :, None]
 
-    def forward(self, points: torch.Tensor, lod: Optional[int] = None) -> torch.Tensor:
-        self.check_points(points)
-        lod = self.check_lod(lod)
+    def encode(self, points: torch.Tensor, lod: int) -> torch.Tensor:
         lv = slice(0, lod + 1)
         base, _, w = separable_corners(to_unit(points), self.res[lv])         # (N, L', d), (N, L', 2^d)
         strides = self.strides[lv]
@@ -228,6 +285,12 @@ def _keys(cells: torch.Tensor, side: int) -> torch.Tensor:
     return key
 
 
+def _unique_cells(cells: torch.Tensor, side: int) -> torch.Tensor:
+    """Distinct integer cells (n, d), sorted by key (a 1-D unique is much faster than unique(dim=0))."""
+    k = torch.unique(_keys(cells, side))
+    return torch.stack([(k // side ** a) % side for a in range(cells.shape[1])], -1)
+
+
 def _lookup(sorted_keys: torch.Tensor, query: torch.Tensor):
     """Positions of `query` in `sorted_keys` and whether each is present."""
     if sorted_keys.numel() == 0:
@@ -249,6 +312,9 @@ class OctreeGrid(FeatureGrid):
     def __init__(self, dim: int, cells: List[torch.Tensor], base_level: int, features: int = 16,
                  init_std: float = 0.01):
         super().__init__()
+        self.check_dim(dim)
+        if not cells:
+            raise ValueError("an octree needs at least one LOD of cells")
         self.dim, self.features, self.base_level = dim, features, base_level
         self.num_lods = len(cells)
         self.output_dim = features
@@ -271,6 +337,11 @@ class OctreeGrid(FeatureGrid):
                     dense_level: Optional[int] = None, dilate: int = 0, init_std: float = 0.01) -> "OctreeGrid":
         """Build the tree from a point set in [-1, 1]^dim: a cell is occupied if a point falls in it
         (or, with dilate=k, if it is within k cells of one: a narrow band around a surface)."""
+        if not isinstance(points, torch.Tensor) or points.ndim != 2 or points.shape[0] == 0:
+            shape = tuple(points.shape) if isinstance(points, torch.Tensor) else type(points).__name__
+            raise ValueError(f"an octree is built from a non-empty point set of shape (N, dim); got {shape}")
+        if not points.is_floating_point() or not bool(torch.isfinite(points).all()):
+            raise ValueError("octree points must be finite floating-point coordinates in [-1, 1]")
         dim = points.shape[1]
         u = to_unit(points.detach().float())
         cells = []
@@ -281,12 +352,12 @@ class OctreeGrid(FeatureGrid):
                 axes = [torch.arange(side, device=points.device)] * dim
                 c = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, dim)
             else:
-                c = torch.unique((u * side).floor().clamp(max=side - 1).long(), dim=0)
+                c = _unique_cells((u * side).floor().clamp(max=side - 1).long(), side)
                 if dilate:
                     r = torch.arange(-dilate, dilate + 1, device=points.device)
                     nb = torch.stack(torch.meshgrid(*[r] * dim, indexing="ij"), -1).reshape(-1, dim)
                     c = (c[:, None, :] + nb[None]).reshape(-1, dim)
-                    c = torch.unique(c[((c >= 0) & (c < side)).all(1)], dim=0)
+                    c = _unique_cells(c[((c >= 0) & (c < side)).all(1)], side)
             cells.append(c)
         return cls(dim, cells, base_level, features, init_std)
 
@@ -306,13 +377,12 @@ class OctreeGrid(FeatureGrid):
     def occupancy(self, points: torch.Tensor, lod: Optional[int] = None) -> torch.Tensor:
         """Whether each point lies in an occupied cell of LOD `lod`."""
         lod = self.check_lod(lod)
+        points = self.check_points(points)
         side = 2 ** (self.base_level + lod)
         c = (to_unit(points) * side).floor().clamp(max=side - 1).long()
         return _lookup(self.cell_keys(lod), _keys(c, side))[1]
 
-    def forward(self, points: torch.Tensor, lod: Optional[int] = None) -> torch.Tensor:
-        self.check_points(points)
-        lod = self.check_lod(lod)
+    def encode(self, points: torch.Tensor, lod: int) -> torch.Tensor:
         u = to_unit(points)
         out = points.new_zeros(points.shape[0], self.features)
         for i in range(lod + 1):
@@ -333,33 +403,50 @@ class OctreeGrid(FeatureGrid):
 
 # ------------------------------------------------------------------------------------------------
 class TriplaneGrid(FeatureGrid):
-    """EG3D triplanes at several LODs: features = sum of the xy, xz, yz plane samples, concat over LODs.
+    """Triplanes at several LODs: a point is projected onto the xy, xz and yz planes of each LOD.
 
-    In 2-D there is one plane, so this becomes a multi-LOD 2-D grid."""
+    planes="sum": the three plane features are added (EG3D, Chan et al. 2022: F features per LOD);
+    planes="concat": they are concatenated (Kaolin Wisp's TriplanarGrid, 3F features per LOD).
+    lods="concat": the LODs' features are concatenated (our default, like our dense and codebook grids);
+    lods="sum": they are added (Wisp's default multiscale_type). In 2-D there is one plane, so this
+    becomes a multi-LOD 2-D grid."""
 
     kind = "triplane"
+    dims = (2, 3)
 
     def __init__(self, dim: int = 3, resolutions: Sequence[int] = (32, 64, 128), features: int = 8,
-                 init_std: float = 0.1):
+                 init_std: float = 0.1, planes: str = "sum", lods: str = "concat"):
         super().__init__()
-        self.dim, self.resolutions, self.features = dim, list(resolutions), features
+        self.check_dim(dim)
+        for name, value in (("planes", planes), ("lods", lods)):
+            if value not in ("sum", "concat"):
+                raise ValueError(f"triplane grid: {name}={value!r}; choose 'sum' or 'concat'")
+        self.dim, self.resolutions, self.features = dim, check_resolutions(resolutions, self.kind), features
+        self.plane_agg, self.lod_agg = planes, lods
         self.planes_axes = [(0, 1), (0, 2), (1, 2)] if dim == 3 else [(0, 1)]
         self.num_lods = len(self.resolutions)
-        self.output_dim = features * self.num_lods
+        self.lod_dim = features * (len(self.planes_axes) if planes == "concat" else 1)
+        self.output_dim = self.lod_dim * (self.num_lods if lods == "concat" else 1)
         self.planes = nn.ParameterList([
             nn.Parameter(torch.randn(len(self.planes_axes), features, r + 1, r + 1) * init_std)
             for r in self.resolutions])
 
-    def forward(self, points: torch.Tensor, lod: Optional[int] = None) -> torch.Tensor:
-        self.check_points(points)
-        lod = self.check_lod(lod)
+    def combine(self, f: torch.Tensor) -> torch.Tensor:
+        """Plane samples (P, F, N, 1) -> (N, lod_dim): EG3D's sum or Wisp's concatenation."""
+        if self.plane_agg == "sum":
+            return f.sum(0).reshape(self.features, -1).t()
+        return f.reshape(f.shape[0] * self.features, -1).t()            # plane-major: [xy | xz | yz]
+
+    def encode(self, points: torch.Tensor, lod: int) -> torch.Tensor:
         n, p = points.shape[0], len(self.planes_axes)
         x = points.clamp(-1, 1)
         g = torch.stack([x[:, list(a)] for a in self.planes_axes], 0).view(p, n, 1, 2)  # (P, N, 1, 2)
         outs = []
         for i in range(lod + 1):
             f = F.grid_sample(self.planes[i], g, mode="bilinear", padding_mode="border", align_corners=True)
-            outs.append(f.sum(0).reshape(self.features, n).t())
+            outs.append(self.combine(f))
+        if self.lod_agg == "sum":
+            return torch.stack(outs).sum(0)
         out = torch.cat(outs, dim=1)
         return F.pad(out, (0, self.output_dim - out.shape[1]))
 
@@ -369,7 +456,10 @@ class TriplaneGrid(FeatureGrid):
 
 # ------------------------------------------------------------------------------------------------
 class CodebookGrid(FeatureGrid):
-    """Learned-index codebook grid (VQAD, Takikawa et al. 2022) on multi-LOD regular grids.
+    """Learned-index codebook grid (VQAD, Takikawa et al. 2022) on multi-LOD *dense* regular grids.
+
+    VQAD stores its indices at the corners of a sparse octree's occupied cells; here every corner of
+    a regular grid holds one, so the codebook idea is kept but not VQAD's sparsity.
 
     Each corner of LOD i holds K logits; its feature is codebook_i[argmax] in the forward pass and
     the softmax-weighted codeword in the backward pass (straight-through). Stored for inference:
@@ -380,7 +470,10 @@ class CodebookGrid(FeatureGrid):
     def __init__(self, dim: int = 3, resolutions: Sequence[int] = (16, 32, 64), features: int = 8,
                  codebook_bits: int = 4, init_std: float = 0.1, hard: bool = True):
         super().__init__()
-        self.dim, self.resolutions, self.features = dim, list(resolutions), features
+        self.check_dim(dim)
+        if codebook_bits < 1:
+            raise ValueError(f"codebook_bits={codebook_bits}: a codebook needs at least 2 codewords (1 bit)")
+        self.dim, self.resolutions, self.features = dim, check_resolutions(resolutions, self.kind), features
         self.codebook_size = 2 ** codebook_bits
         self.bits = codebook_bits
         self.hard = hard
@@ -402,9 +495,7 @@ class CodebookGrid(FeatureGrid):
             weights = soft
         return weights @ self.codebooks[i]
 
-    def forward(self, points: torch.Tensor, lod: Optional[int] = None) -> torch.Tensor:
-        self.check_points(points)
-        lod = self.check_lod(lod)
+    def encode(self, points: torch.Tensor, lod: int) -> torch.Tensor:
         u = to_unit(points)
         outs = []
         for i in range(lod + 1):

@@ -2,10 +2,17 @@
 
 * ``PixelTracer``     image fields: a pixel is the field at the pixel's centre.
 * ``SphereTracer``    SDF fields: march each ray by the signed distance until |sdf| < eps; normals
-                      by central differences; a shaded image, depth and normals come back.
+                      by central differences; a shaded image, depth and normals come back. A ray
+                      that starts inside the surface (sdf < 0 where it enters the box) hits at once,
+                      at depth t_near (0 for a camera inside the box), flagged in "inside".
 * ``VolumeTracer``    radiance fields: constant-step ray marching inside the [-1, 1]^3 box, samples in
                       empty cells of an ``OccupancyGrid`` are dropped before the field is queried
                       (the "packed" samples), then alpha compositing over a background colour.
+                      With max_samples set, the packed samples go into a buffer of fixed size (no
+                      host-device synchronization, fixed shapes for torch.compile); rays whose
+                      samples did not fit are reported in "ray_ok" and left out of the loss.
+
+Ray directions need not be unit vectors: every tracer normalises them, so t and depth are distances.
 * ``OccupancyGrid``   Instant-NGP's acceleration structure: an EMA of density per cell, refreshed
                       every few steps at one random point per cell; cells under the threshold are
                       pruned, so training and rendering skip empty space.
@@ -17,6 +24,17 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+
+
+def unit_directions(d: torch.Tensor) -> torch.Tensor:
+    """Directions scaled to unit length (a zero vector stays zero and misses the box)."""
+    return d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def check_rays(o: torch.Tensor, d: torch.Tensor) -> None:
+    if o.ndim != 2 or o.shape[-1] != 3 or o.shape != d.shape:
+        raise ValueError(f"rays need origins and directions of the same shape (N, 3); got {tuple(o.shape)} "
+                         f"and {tuple(d.shape)}")
 
 
 def ray_aabb(o: torch.Tensor, d: torch.Tensor, lo: float = -1.0, hi: float = 1.0):
@@ -44,16 +62,24 @@ class SphereTracer:
 
     @torch.no_grad()
     def __call__(self, field, o: torch.Tensor, d: torch.Tensor, lod: Optional[int] = None):
+        check_rays(o, d)
+        d = unit_directions(d)
         t_near, t_far = ray_aabb(o, d)
         t = t_near.clone()
         alive = t_far > t_near
         hit = torch.zeros_like(alive)
+        inside = torch.zeros_like(alive)
+        if alive.any():                       # a ray that starts inside the surface hits where it starts
+            idx = alive.nonzero().squeeze(1)
+            inside[idx] = field(o[idx] + t[idx, None] * d[idx], lod) < 0
+            hit |= inside
+            alive &= ~inside
         for _ in range(self.steps):
             idx = alive.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
             s = field(o[idx] + t[idx, None] * d[idx], lod)
-            t[idx] = t[idx] + self.step_scale * s
+            t[idx] = torch.maximum(t[idx] + self.step_scale * s, t_near[idx])   # never behind the start
             done = s.abs() < self.eps
             hit[idx[done]] = True
             alive[idx[done]] = False
@@ -67,7 +93,8 @@ class SphereTracer:
         base = 0.5 + 0.5 * normal                                  # normal-coloured clay
         rgb = torch.where(hit[:, None], base * (0.3 + 0.7 * shade), torch.ones_like(o))
         depth = torch.where(hit, t, torch.zeros_like(t))
-        return {"rgb": rgb, "depth": depth, "normal": normal, "alpha": hit.float(), "x": x, "hit": hit}
+        return {"rgb": rgb, "depth": depth, "normal": normal, "alpha": hit.float(), "x": x, "hit": hit,
+                "inside": inside}
 
     def normals(self, field, x: torch.Tensor, lod: Optional[int] = None) -> torch.Tensor:
         h = self.normal_eps
@@ -108,17 +135,21 @@ class OccupancyGrid(nn.Module):
         return (c + 0.5) / r * 2 - 1
 
     @torch.no_grad()
-    def update(self, density_fn, chunk: int = 2 ** 18) -> float:
-        """Refresh the EMA at one random point per cell and re-threshold; returns the occupied share."""
+    def update(self, density_fn, chunk: int = 2 ** 18) -> torch.Tensor:
+        """Refresh the moving maximum at one random point per cell and re-threshold. Returns the
+        occupied share as a 0-d tensor: nothing here waits for the GPU, so a training loop can call
+        it without stalling. A cell whose new density is NaN or infinite keeps its density and its
+        state (one bad update cannot empty the grid)."""
         r = self.res
         i = torch.arange(r ** 3, device=self.mask.device)
         c = torch.stack([i % r, (i // r) % r, i // (r * r)], -1).float()
         x = (c + torch.rand_like(c)) / r * 2 - 1
-        new = torch.cat([density_fn(x[s:s + chunk]) for s in range(0, x.shape[0], chunk)])
-        self.density.copy_(torch.maximum(self.density * self.decay, new))
-        thr = min(self.threshold, self.density.mean().item())
-        self.mask.copy_(self.density > thr)
-        return self.fraction()
+        new = torch.cat([density_fn(x[s:s + chunk]).float().reshape(-1) for s in range(0, x.shape[0], chunk)])
+        ok = torch.isfinite(new)
+        self.density.copy_(torch.where(ok, torch.maximum(self.density * self.decay, new), self.density))
+        thr = torch.clamp(self.density.mean(), max=self.threshold)
+        self.mask.copy_(torch.where(ok, self.density > thr, self.mask))
+        return self.mask.float().mean()
 
     def fraction(self) -> float:
         return self.mask.float().mean().item()
@@ -136,7 +167,9 @@ class VolumeTracer(nn.Module):
         self.register_buffer("background", torch.tensor(background, dtype=torch.float32))
 
     def forward(self, field, o: torch.Tensor, d: torch.Tensor, lod: Optional[int] = None,
-                jitter: bool = False, normals: bool = False):
+                jitter: bool = False, normals: bool = False, max_samples: Optional[int] = None):
+        check_rays(o, d)
+        d = unit_directions(d)
         n, s = o.shape[0], self.num_samples
         t_near, t_far = ray_aabb(o, d)
         off = torch.rand(n, 1, device=o.device) if jitter else torch.full((n, 1), 0.5, device=o.device)
@@ -145,23 +178,55 @@ class VolumeTracer(nn.Module):
         x = o[:, None] + t[..., None] * d[:, None]                    # (n, s, 3)
         if self.occupancy is not None:
             valid = valid & self.occupancy.occupied(x.reshape(-1, 3)).view(n, s)
-        ray_i, samp_i = valid.nonzero(as_tuple=True)                   # packed samples
-        sigma = torch.zeros(n, s, device=o.device)
-        rgb = torch.zeros(n, s, 3, device=o.device)
-        if ray_i.numel():
-            sg, cl = field(x[ray_i, samp_i], d[ray_i], lod)
-            sigma = sigma.index_put((ray_i, samp_i), sg.float())
-            rgb = rgb.index_put((ray_i, samp_i), cl.float())
+        if max_samples is None:
+            sigma, rgb, count, ray_ok = self._packed(field, x, d, valid, lod)
+        else:
+            sigma, rgb, count, ray_ok = self._fixed(field, x, d, valid, lod, max_samples)
         alpha = 1.0 - torch.exp(-sigma * self.step)
         trans = torch.cumprod(torch.cat([torch.ones(n, 1, device=o.device), 1.0 - alpha + 1e-10], 1), 1)[:, :-1]
         w = alpha * trans
         acc = w.sum(1)
         color = (w[..., None] * rgb).sum(1) + (1.0 - acc)[:, None] * self.background
         depth = (w * t).sum(1) / acc.clamp_min(1e-6)
-        out = {"rgb": color, "depth": depth, "alpha": acc, "samples": int(ray_i.numel())}
+        out = {"rgb": color, "depth": depth, "alpha": acc, "samples": count}
+        if ray_ok is not None:
+            out["ray_ok"] = ray_ok
         if normals:
             out["normal"] = self.normals(field, o + depth[:, None] * d, acc > 0.5, lod)
         return out
+
+    @staticmethod
+    def _packed(field, x, d, valid, lod):
+        """Evaluate exactly the valid samples (their number decides shapes: one synchronization)."""
+        n, s = valid.shape
+        ray_i, samp_i = valid.nonzero(as_tuple=True)
+        sigma = x.new_zeros(n, s)
+        rgb = x.new_zeros(n, s, 3)
+        if ray_i.numel():
+            sg, cl = field(x[ray_i, samp_i], d[ray_i], lod)
+            sigma = sigma.index_put((ray_i, samp_i), sg.float())
+            rgb = rgb.index_put((ray_i, samp_i), cl.float())
+        return sigma, rgb, int(ray_i.numel()), None
+
+    @staticmethod
+    def _fixed(field, x, d, valid, lod, max_samples: int):
+        """Evaluate the valid samples through a buffer of max_samples slots, in ray order. Slot k holds
+        the k-th valid sample; slots left over hold a padding sample; samples beyond the buffer are
+        dropped and their rays marked not ok. Every shape is fixed, nothing synchronizes."""
+        n, s = valid.shape
+        flat = valid.reshape(-1)
+        pos = torch.cumsum(flat.int(), 0) - 1                           # slot of each valid sample
+        keep = flat & (pos < max_samples)
+        slot = torch.where(keep, pos, torch.full_like(pos, max_samples)).long()
+        src = torch.full((max_samples + 1,), n * s, dtype=torch.long, device=x.device)
+        src = src.scatter(0, slot, torch.arange(n * s, device=x.device))[:max_samples]  # sample per slot
+        xs = torch.cat([x.reshape(-1, 3), x.new_zeros(1, 3)])[src]      # index n*s: the padding sample
+        ds = torch.cat([d, d.new_zeros(1, 3)])[torch.div(src, s, rounding_mode="floor")]
+        sg, cl = field(xs, ds, lod)
+        sigma = x.new_zeros(n * s + 1).scatter(0, src, sg.float())[:-1].view(n, s)
+        rgb = x.new_zeros(n * s + 1, 3).scatter(0, src[:, None].expand(-1, 3), cl.float())[:-1].view(n, s, 3)
+        ray_ok = torch.cumsum(valid.sum(1), 0) <= max_samples          # every sample of the ray fitted
+        return sigma, rgb, flat.sum(), ray_ok
 
     @torch.no_grad()
     def normals(self, field, x: torch.Tensor, where: torch.Tensor, lod=None, h: float = 0.01):

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from nf_data import MultiViewDataset, Mesh, psnr
+from nf_data import MultiViewDataset, Mesh, check_image_pair, psnr, ssim
 from nf_tracers import render_image
 
 
@@ -43,8 +43,10 @@ class TrainClock:
         return self.total + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
 
 
-def make_optimizer(field, lr: float = 1e-2, decoder_lr: Optional[float] = None):
-    return torch.optim.Adam(field.param_groups(lr, decoder_lr), betas=(0.9, 0.99), eps=1e-15)
+def make_optimizer(field, lr: float = 1e-2, decoder_lr: Optional[float] = None, fused: bool = False):
+    """Adam with Instant-NGP's betas and eps; fused=True runs one CUDA kernel for all parameters."""
+    return torch.optim.Adam(field.param_groups(lr, decoder_lr), betas=(0.9, 0.99), eps=1e-15,
+                            **({"fused": True} if fused else {}))
 
 
 def _anneal(opt, base: List[float], frac: float) -> None:
@@ -76,7 +78,10 @@ def render_field_image(field, h: int, w: int, lod: Optional[int] = None, chunk: 
 def fit_image(field, image: torch.Tensor, max_steps: int, time_budget: float, batch: int = 2 ** 16,
               lr: float = 1e-2, eval_every: int = 50, target_psnr: Optional[float] = None,
               show_progress: bool = True, desc: str = "image fit") -> Dict:
-    """Fit an ImageField to image (H, W, 3). Returns the PSNR curve against training time."""
+    """Fit an ImageField to image (H, W, 3) in [0, 1]. Returns the PSNR curve against training time."""
+    if image.ndim != 3 or image.shape[-1] != 3 or image.shape[0] * image.shape[1] == 0:
+        raise ValueError(f"fit_image expects a non-empty RGB image (H, W, 3); got {tuple(image.shape)}")
+    check_image_pair(image, image, "fit_image")
     dev = image.device
     h, w = image.shape[:2]
     xy, target = pixel_coords(h, w, dev), image.reshape(-1, 3)
@@ -122,7 +127,13 @@ def fit_image(field, image: torch.Tensor, max_steps: int, time_budget: float, ba
 def fit_sdf(field, points: torch.Tensor, sdf: torch.Tensor, max_steps: int, time_budget: float,
             batch: int = 2 ** 14, lr: float = 1e-2, lods: Optional[Sequence[int]] = None,
             show_progress: bool = True, desc: str = "SDF fit") -> Dict:
-    """NGLOD training: the loss is the sum over LODs of the L2 error of each LOD's SDF."""
+    """NGLOD training: the loss is the sum over LODs of the L2 error of each LOD's SDF.
+    points (N, 3); sdf (N,) or (N, 1) (a column is flattened, so it cannot broadcast to (B, B))."""
+    if sdf.ndim == 2 and sdf.shape[1] == 1:
+        sdf = sdf[:, 0]
+    if points.ndim != 2 or points.shape[1] != 3 or sdf.shape != (points.shape[0],) or points.shape[0] == 0:
+        raise ValueError(f"fit_sdf expects points (N, 3) and their SDF (N,) or (N, 1), N > 0; "
+                         f"got {tuple(points.shape)} and {tuple(sdf.shape)}")
     dev = points.device
     lods = list(range(field.num_lods)) if lods is None else list(lods)
     opt = make_optimizer(field, lr)
@@ -190,47 +201,106 @@ def evaluate_views(pipeline, ds: MultiViewDataset, lod: Optional[int] = None, vi
     return float(np.mean(scores)), imgs
 
 
+def view_scores(imgs: Sequence[torch.Tensor], ds: MultiViewDataset, views: Optional[Sequence[int]] = None) -> Dict:
+    """Full-image and object-only PSNR and SSIM, each the mean over views (object pixels: ds.masks)."""
+    views = list(range(ds.poses.shape[0]) if views is None else views)
+    rows = []
+    for img, v in zip(imgs, views):
+        m = ds.masks[v] if ds.masks is not None else None
+        rows.append({"psnr": psnr(img, ds.images[v]), "ssim": ssim(img, ds.images[v]),
+                     "psnr_object": psnr(img, ds.images[v], m) if m is not None else float("nan"),
+                     "ssim_object": ssim(img, ds.images[v], m) if m is not None else float("nan")})
+    return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
+
+
+def nerf_loss(pipeline, o, d, c, max_samples: Optional[int] = None):
+    """One batch's loss: mean squared error over the rays that were fully evaluated; also the number of
+    those rays and of the samples the rays needed (tensors: reading them would wait for the GPU)."""
+    out = pipeline(o, d, jitter=True, max_samples=max_samples)
+    err = ((out["rgb"] - c) ** 2).mean(-1)
+    if "ray_ok" in out:
+        ok = out["ray_ok"].to(err.dtype)
+        used = ok.sum()
+        return (err * ok).sum() / used.clamp_min(1.0), used, torch.as_tensor(out["samples"], device=o.device)
+    return err.mean(), torch.tensor(float(o.shape[0]), device=o.device), torch.tensor(float(out["samples"]), device=o.device)
+
+
 def fit_nerf(pipeline, train: MultiViewDataset, test: MultiViewDataset, max_steps: int, time_budget: float,
              batch_rays: int = 2 ** 12, lr: float = 1e-2, occupancy_every: int = 16, warmup: int = 64,
              eval_every: int = 200, eval_views: Sequence[int] = (0,), show_progress: bool = True,
-             desc: str = "NeRF fit", step_callback=None) -> Dict:
-    """Train a radiance-field pipeline on the train views; the held-out PSNR curve is measured on
-    `eval_views` of the test split while the training clock is paused."""
+             desc: str = "NeRF fit", step_callback=None, max_samples: Optional[int] = None,
+             compile: bool = False, eval_every_s: Optional[float] = None, target_psnr: Optional[float] = None) -> Dict:
+    """Train a radiance-field pipeline on the train views; the held-out PSNR curve (full images of
+    `eval_views` of the test split) is measured every `eval_every` steps or `eval_every_s` seconds of
+    training, while the training clock is paused.
+
+    max_samples=None evaluates exactly the samples in occupied space (the eager, packed path; one
+    host-device synchronization per step). max_samples=M uses a fixed buffer of M samples per step
+    (Instant-NGP's fixed sample budget): nothing in a step waits for the GPU, shapes are fixed, and with
+    compile=True the loss (sampling, field, compositing) and its backward run as torch.compile'd code.
+    Compilation happens in a warm-up call before the clock starts (reported as compile_seconds; the
+    warm-up changes no parameter). The occupancy grid is refreshed without synchronizing."""
     dev = train.images.device
     o, d, c = train.rays()
     field, tracer = pipeline.field, pipeline.tracer
-    opt = make_optimizer(field, lr)
+    opt = make_optimizer(field, lr, fused=(dev.type == "cuda"))
     base = [g["lr"] for g in opt.param_groups]
+    loss_fn = lambda oo, dd, cc: nerf_loss(pipeline, oo, dd, cc, max_samples)
+    compile_seconds = 0.0
+    if compile:
+        loss_fn = torch.compile(loss_fn)
+        t0 = time.perf_counter()
+        idx = torch.randint(0, o.shape[0], (batch_rays,), device=dev)
+        loss_fn(o[idx], d[idx], c[idx])[0].backward()            # compiles forward and backward
+        opt.zero_grad(set_to_none=True)
+        sync(dev)
+        compile_seconds = time.perf_counter() - t0
     clock = TrainClock(dev)
-    hist = {"seconds": [], "steps": [], "psnr": [], "occupied": [], "samples_per_ray": []}
+    hist = {"seconds": [], "steps": [], "psnr": [], "occupied": [], "samples_per_ray": [], "rays": []}
     bar = _bar(max_steps, desc, show_progress)
-    step, samples = 0, 0.0
+    step = 0
+    zero = torch.zeros((), device=dev)
+    rays_used, samples_sum, rays_drawn = zero.clone(), zero.clone(), 0
+    last = (0.0, 0)                                                # samples and rays at the last evaluation
+    next_eval_s = eval_every_s if eval_every_s else float("inf")
+    time_to_target = None
     clock.start()
     while step < max_steps and clock.elapsed() < time_budget:
         _anneal(opt, base, max(step / max_steps, clock.elapsed() / time_budget))
         if tracer.occupancy is not None and step >= warmup and step % occupancy_every == 0:
-            tracer.occupancy.update(lambda x: field.density(x))
+            tracer.occupancy.update(field.density)
         idx = torch.randint(0, o.shape[0], (batch_rays,), device=dev)
-        out = pipeline(o[idx], d[idx], jitter=True)
-        loss = torch.mean((out["rgb"] - c[idx]) ** 2)
+        loss, used, samples = loss_fn(o[idx], d[idx], c[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        samples = 0.9 * samples + 0.1 * out["samples"] / batch_rays if step else out["samples"] / batch_rays
+        rays_used += used.detach()
+        samples_sum += samples.detach()
+        rays_drawn += batch_rays
         step += 1
         if step_callback is not None:
             step_callback(step)
         if bar is not None:
             bar.update(1)
-        if step % eval_every == 0:
+        if step % eval_every == 0 or clock.elapsed() >= next_eval_s:
             t = clock.pause()
             p, _ = evaluate_views(pipeline, test, views=eval_views)
             hist["seconds"].append(t); hist["steps"].append(step); hist["psnr"].append(p)
             hist["occupied"].append(tracer.occupancy.fraction() if tracer.occupancy is not None else 1.0)
-            hist["samples_per_ray"].append(samples)
+            hist["samples_per_ray"].append((float(samples_sum) - last[0]) / max(rays_drawn - last[1], 1))
+            last = (float(samples_sum), rays_drawn)
+            hist["rays"].append(float(rays_used))
+            if target_psnr is not None and time_to_target is None and p >= target_psnr:
+                time_to_target = t
+            while next_eval_s <= t:
+                next_eval_s += eval_every_s
             clock.start()
     total = clock.pause()
     if bar is not None:
         bar.close()
-    hist.update(train_seconds=total, steps_done=step, samples_per_ray_final=samples)
+    hist.update(train_seconds=total, steps_done=step, compile_seconds=compile_seconds,
+                samples_per_ray_final=(float(samples_sum) - last[0]) / max(rays_drawn - last[1], 1)
+                if rays_drawn > last[1] else (hist["samples_per_ray"] or [0.0])[-1], rays_used=float(rays_used),
+                steps_per_s=step / max(total, 1e-9), rays_per_s=float(rays_used) / max(total, 1e-9),
+                time_to_target=time_to_target)
     return hist

@@ -125,7 +125,8 @@ class Viewer:
     def render_frame(self, name: str, azimuth: float = 30.0, elevation: float = 20.0, zoom: float = 1.0,
                      lod: Optional[int] = None, channel: str = "rgb", frustums: bool = False,
                      occupancy: bool = False, size: Optional[int] = None) -> np.ndarray:
-        """One frame (H, W, 3) float in [0, 1]; its time (ms, GPU synchronized) lands in last_frame_ms."""
+        """One frame (H, W, 3) float in [0, 1] with its overlays; the time from the call until the
+        array is drawn (render, GPU synchronized, and overlays) lands in last_frame_ms."""
         if channel not in CHANNELS:
             raise ValueError(f"channel={channel!r}; choose from {CHANNELS}")
         pipe = self.pipelines[name]
@@ -146,18 +147,24 @@ class Viewer:
         else:
             n, a = out["normal"], out["alpha"] > 0.5
             img = torch.where(a[..., None], 0.5 + 0.5 * n, torch.ones_like(n))
-        img = img.float().clamp(0, 1).cpu().numpy().copy()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        self.last_frame_ms = (time.perf_counter() - t0) * 1e3
+        img = img.float().clamp(0, 1).cpu().numpy().copy()       # waits for the GPU
         if occupancy:
             pts = occupied_centers(pipe, lod)
             if pts is not None:
                 draw_points(img, pts, c2w, self.fov)
         if frustums and name in self.cameras:
-            for pose in self.cameras[name].cpu():
-                draw_segments(img, frustum_segments(pose, self.fov), c2w, self.fov)
+            segs = torch.cat([frustum_segments(pose, self.fov) for pose in self.cameras[name].cpu()])
+            draw_segments(img, segs, c2w, self.fov)
+        self.last_frame_ms = (time.perf_counter() - t0) * 1e3
         return img
+
+    def frame_png(self, *args, **kw) -> bytes:
+        """A frame as the widget shows it: render_frame's arguments, returns PNG bytes. last_frame_ms
+        then holds the whole time a learner waits for: render, overlays and PNG encoding."""
+        t0 = time.perf_counter()
+        png = _png(self.render_frame(*args, **kw))
+        self.last_frame_ms = (time.perf_counter() - t0) * 1e3
+        return png
 
     def turntable(self, name: str, views: int = 6, size: int = 128, elevation: float = 20.0, **kw):
         """A strip of frames around the object (what papermill runs show instead of the widget)."""
@@ -187,10 +194,9 @@ class Viewer:
         train = W.Button(description=f"train {self.train_steps} steps", icon="play")
 
         def redraw(*_):
-            img = self.render_frame(c["name"].value, c["azimuth"].value, c["elevation"].value, c["zoom"].value,
-                                    c["lod"].value, c["channel"].value, c["frustums"].value, c["occupancy"].value)
-            image.value = _png(img)
-            status.value = f"{self.last_frame_ms:.0f} ms per frame at {self.size}x{self.size}"
+            image.value = self.frame_png(c["name"].value, c["azimuth"].value, c["elevation"].value, c["zoom"].value,
+                                         c["lod"].value, c["channel"].value, c["frustums"].value, c["occupancy"].value)
+            status.value = f"{self.last_frame_ms:.0f} ms per frame at {self.size}x{self.size} (render, overlays, PNG)"
 
         def on_pipeline(change):
             c["lod"].max = self.pipelines[change["new"]].num_lods - 1
@@ -230,7 +236,8 @@ class Viewer:
 
 
 def _png(img: np.ndarray) -> bytes:
+    """PNG bytes of a float image in [0, 1]; zlib level 1, since a live view is re-encoded every frame."""
     from PIL import Image
     buf = io.BytesIO()
-    Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(buf, format="PNG")
+    Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()

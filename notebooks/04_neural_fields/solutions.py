@@ -51,9 +51,7 @@ class ProductTriplaneGrid(nf_grids.TriplaneGrid):
             for p in self.planes:
                 p.add_(1.0)
 
-    def forward(self, points, lod=None):
-        self.check_points(points)
-        lod = self.check_lod(lod)
+    def encode(self, points, lod):
         n, p = points.shape[0], len(self.planes_axes)
         x = points.clamp(-1, 1)
         g = torch.stack([x[:, list(a)] for a in self.planes_axes], 0).view(p, n, 1, 2)

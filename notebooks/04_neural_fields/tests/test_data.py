@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+import labkit
 import nf_data as D
 
-MESHES = Path(__file__).resolve().parents[3] / "data" / "meshes"
+MESHES = labkit.data_root() / "meshes"                  # $LABKIT_DATA_ROOT, else <repo>/data
 
 
 def cube():
@@ -93,6 +94,9 @@ def test_scene_renders_objects_and_a_white_background():
     assert torch.allclose(img[~hit], torch.ones_like(img[~hit]))
     ds = D.render_dataset(sc, 3, 2, 8, supersample=1)
     assert ds["train"].images.shape == (3, 8, 8, 3) and ds["test"].poses.shape == (2, 3, 4)
+    m = ds["train"].masks                                               # object pixels: the centre ray hits
+    assert m.shape == (3, 8, 8) and 0 < m.float().mean() < 1
+    assert torch.allclose(ds["train"].images[~m], torch.ones(int((~m).sum()), 3))
     assert not torch.allclose(ds["train"].poses[0], ds["test"].poses[0])
     o, d, c = ds["train"].rays()
     assert o.shape == d.shape == c.shape == (3 * 64, 3)
@@ -102,3 +106,27 @@ def test_psnr():
     a = torch.zeros(4, 4, 3)
     assert D.psnr(a + 0.1, a) == pytest.approx(20.0)
     assert math.isinf(D.psnr(a, a))
+    b = a.clone()
+    b[0, 0] = 0.5                                                       # one pixel off by 0.5
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[0, :2] = True                                                  # it and one exact pixel
+    assert D.psnr(b, a, mask) == pytest.approx(-10 * math.log10(0.25 / 2))
+    assert math.isnan(D.psnr(b, a, torch.zeros(4, 4, dtype=torch.bool)))
+
+
+def test_ssim_matches_scikit_image_and_masks_select_pixels():
+    from skimage.metrics import structural_similarity
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(40, 36, 3, generator=g)
+    b = (a + 0.1 * torch.randn(40, 36, 3, generator=g)).clamp(0, 1)
+    ref = structural_similarity(b.numpy(), a.numpy(), channel_axis=-1, gaussian_weights=True, sigma=1.5,
+                                use_sample_covariance=False, data_range=1.0)
+    assert D.ssim(b, a) == pytest.approx(ref, abs=1e-6)
+    assert D.ssim(a, a) == pytest.approx(1.0)
+    left = torch.zeros(40, 36, dtype=torch.bool)
+    left[:, :18] = True
+    c = b.clone()
+    c[:, 18:] = a[:, 18:]                                               # the right half exact
+    assert D.ssim(c, a, ~left) > D.ssim(c, a) > D.ssim(c, a, left)
+    with pytest.raises(ValueError, match="at least 11x11"):
+        D.ssim(a[:8, :8], a[:8, :8])

@@ -250,3 +250,21 @@ def test_octree_dilation_adds_only_the_band_around_occupied_cells():
     cells = g.occupied_cells(0)
     centre = (G.to_unit(pts) * 8).floor().long()
     assert cells.shape[0] == 27 and ((cells - centre).abs().max(1).values <= 1).all()
+
+
+def test_triplane_sums_planes_like_eg3d_or_concatenates_them_like_wisp():
+    """Wisp's TriplanarGrid (wisp/models/grids/triplanar_grid.py) concatenates the three planes
+    (feature_dim * 3) and sums the LODs by default (multiscale_type='sum'); EG3D sums the planes."""
+    x = torch.rand(50, 3) * 2 - 1
+    torch.manual_seed(0)
+    cat = G.TriplaneGrid(3, resolutions=(4, 8), features=2, planes="concat", lods="sum")
+    torch.manual_seed(0)
+    ssum = G.TriplaneGrid(3, resolutions=(4, 8), features=2)
+    assert cat.output_dim == 6 and ssum.output_dim == 4
+    fc, fs = cat(x), ssum(x)
+    per_lod = lambda f, i: f[:, 2 * i:2 * i + 2]
+    planes = fc.view(50, 3, 2)                                          # [xy | xz | yz], LODs summed
+    assert torch.allclose(planes.sum(1), per_lod(fs, 0) + per_lod(fs, 1), atol=1e-6)
+    assert torch.allclose(cat(x, lod=0).view(50, 3, 2).sum(1), per_lod(fs, 0), atol=1e-6)
+    with pytest.raises(ValueError, match="planes"):
+        G.TriplaneGrid(3, planes="mean")
