@@ -31,9 +31,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
-from vq_split import (CHAIN_RULE, DescriptorError, GuestMemory, GuestMemoryError, RingError, RingFull,
-                      VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, check_pieces, read_chain,
-                      u16, vring_need_event, write_chain)
+from vq_split import (CHAIN_RULE, GuestMemory, GuestMemoryError, RingError, VRING_DESC_F_INDIRECT,
+                      VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, check_pieces, plan_buffer, read_chain, u16,
+                      vring_need_event, with_next, write_chain)
 
 # Linux include/uapi/linux/virtio_ring.h: "Notice: they are defined as shifts instead of shifted values."
 VRING_PACKED_DESC_F_AVAIL = 7
@@ -98,7 +98,7 @@ def is_used(flags: int, wrap: int) -> bool:
 
 
 def advance(pos: int, wrap: int, n: int, q: int) -> Tuple[int, int]:
-    """Move a ring position forward by n (< 2q) slots, flipping the wrap counter at each lap."""
+    """Move a ring position forward by n slots, flipping the wrap counter at each lap."""
     pos += n
     while pos >= q:
         pos, wrap = pos - q, wrap ^ 1
@@ -180,20 +180,14 @@ class PackedDriver:
         buffers, RingFull when waiting for used buffers can help.
         """
         pieces = check_pieces(self.mem, out, in_, self.q)
-        if indirect and not self.indirect_ok:
-            raise DescriptorError("indirect=True, but VIRTIO_F_INDIRECT_DESC was not negotiated")
-        use_indirect = (self.indirect_ok and len(pieces) > 1 and self.num_free > 0) if indirect is None \
-            else bool(indirect)
-        need = 1 if use_indirect else len(pieces)
-        if need > self.num_free:
-            raise RingFull(f"{need} descriptor(s) needed, {self.num_free} free of {self.q}")
+        use_indirect, need = plan_buffer(pieces, indirect, self.indirect_ok, self.num_free, self.q)
         if use_indirect:   # the table: only WRITE is a valid flag there, the id is ignored
             table = self.mem.alloc(16 * len(pieces), 16)
             for j, (a, n, f) in enumerate(pieces):
                 PDESC.pack_into(self.mem.buf, table + 16 * j, a, n, 0, f)
             descs = [(table, 16 * len(pieces), VRING_DESC_F_INDIRECT)]
         else:
-            descs = [(a, n, f | (VRING_DESC_F_NEXT if j < len(pieces) - 1 else 0)) for j, (a, n, f) in enumerate(pieces)]
+            descs = with_next(pieces)
         bid = self.free_ids.pop()
         head_pos, head_flags = self.next_avail, None
         pos, wrap = self.next_avail, self.avail_wrap

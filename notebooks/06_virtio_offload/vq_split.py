@@ -256,13 +256,39 @@ def _absolute_offsets(obj, base: int, L: SplitLayout) -> None:
     obj.a_used_ring, obj.a_avail_event = base + L.used_ring(0), base + L.avail_event
 
 
+def plan_buffer(pieces: list, indirect: Optional[bool], indirect_ok: bool, num_free: int, q: int):
+    """(use an indirect table?, ring descriptors needed) for a checked buffer, or RingFull / DescriptorError.
+
+    indirect=None is Linux's virtqueue_use_indirect(): a table when VIRTIO_F_INDIRECT_DESC was negotiated,
+    the buffer has more than one piece and a descriptor is free.
+    """
+    if indirect and not indirect_ok:
+        raise DescriptorError("indirect=True, but VIRTIO_F_INDIRECT_DESC was not negotiated: 'The driver MUST NOT "
+                              "set the VIRTQ_DESC_F_INDIRECT flag unless the VIRTIO_F_INDIRECT_DESC feature was "
+                              "negotiated' (VIRTIO 1.2 2.7.5.3.1)")
+    use = (indirect_ok and len(pieces) > 1 and num_free > 0) if indirect is None else bool(indirect)
+    need = 1 if use else len(pieces)
+    if need > num_free:
+        raise RingFull(f"{need} descriptor(s) needed, {num_free} free of {q}")
+    return use, need
+
+
+def with_next(pieces: list) -> list:
+    """A direct chain: VIRTQ_DESC_F_NEXT on every descriptor but the last."""
+    last = len(pieces) - 1
+    return [(a, n, f | (VRING_DESC_F_NEXT if j < last else 0)) for j, (a, n, f) in enumerate(pieces)]
+
+
 def read_chain(mem: GuestMemory, chain) -> bytes:
     """The chain's device-readable bytes (GuestMemoryError if a piece lies outside guest memory)."""
     return b"".join(mem.read(a, n) for a, n in chain.readable)
 
 
 def write_chain(mem: GuestMemory, chain, data: bytes) -> int:
-    """Scatter `data` over the chain's writable pieces; returns bytes written (at most write_capacity)."""
+    """Scatter `data` over the chain's writable pieces; returns bytes written (at most write_capacity).
+    Every piece is checked before the first byte is written, so a bad chain writes nothing."""
+    for a, n in chain.writable:
+        mem.check(a, n, "writable piece")
     off = 0
     for a, n in chain.writable:
         if off >= len(data):
@@ -325,17 +351,7 @@ class SplitDriver:
         for used buffers can help.
         """
         pieces = check_pieces(self.mem, out, in_, self.q)
-        if indirect and not self.indirect_ok:
-            raise DescriptorError("indirect=True, but VIRTIO_F_INDIRECT_DESC was not negotiated: 'The driver "
-                                  "MUST NOT set the VIRTQ_DESC_F_INDIRECT flag unless the VIRTIO_F_INDIRECT_DESC "
-                                  "feature was negotiated' (VIRTIO 1.2 2.7.5.3.1)")
-        if indirect is None:
-            use_indirect = self.indirect_ok and len(pieces) > 1 and self.num_free > 0
-        else:
-            use_indirect = bool(indirect)
-        need = 1 if use_indirect else len(pieces)
-        if need > self.num_free:
-            raise RingFull(f"{need} descriptor(s) needed, {self.num_free} free of {self.q}")
+        use_indirect, need = plan_buffer(pieces, indirect, self.indirect_ok, self.num_free, self.q)
         head = self.next_desc if self.in_order else self.free_head
         table_addr = None
         if use_indirect:
@@ -346,7 +362,7 @@ class SplitDriver:
                                  table=table_addr)
             descs = [(table_addr, 16 * len(pieces), VRING_DESC_F_INDIRECT)]
         else:
-            descs = [(a, n, f | (0 if j == len(pieces) - 1 else VRING_DESC_F_NEXT)) for j, (a, n, f) in enumerate(pieces)]
+            descs = with_next(pieces)
         i = head
         for a, n, f in descs:
             # the free list's link (Linux), or the next slot in ring order (IN_ORDER: next = x + 1, then 0)
