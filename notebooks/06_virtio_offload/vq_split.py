@@ -17,8 +17,11 @@ when stored, only when used to address a slot, and they wrap from 65535 to 0.
 
 Rules enforced here, quoted from the VIRTIO 1.2 spec (oasis-tcs/virtio-spec split-ring.tex), each refused with
 an error that names the rule:
-- 2.7.5.3.1 "A driver MUST NOT create a descriptor chain longer than the Queue Size of the device" (indirect
-  tables included; Linux virtqueue_add_split: BUG_ON(total_sg > vq->vring.num)) -> ChainTooLong;
+- 2.7.5.3.1 "A driver MUST NOT create a descriptor chain longer than the Queue Size of the device", indirect
+  tables included -> ChainTooLong. (Older Linux enforced this in virtqueue_add() with
+  BUG_ON(total_sg > vq->vring.num); today's virtqueue_add_split() only has
+  WARN_ON_ONCE(total_sg > vq->split.vring.num && !vq->indirect), so it lets an indirect table exceed the ring.
+  We follow the spec.)
 - 2.7.5.3.1 no VIRTQ_DESC_F_INDIRECT within an indirect table, not INDIRECT together with NEXT -> RingError;
 - 2.7.4.2 device-writable elements after all device-readable ones (vhost: "Descriptor has out after in");
 - 2.7.5.2 a chain holds at most 2^32 bytes in total; le32 `len` and le64 `addr` must fit their fields;
