@@ -290,7 +290,7 @@ class PackedDriver:
             self.last_used, self.used_wrap = advance(self.last_used, self.used_wrap, ndesc, self.q)
             self.num_free += ndesc
             self.free_ids.append(b)
-        if self.event_flags == RING_EVENT_FLAGS_DESC:   # Linux update_last_used_idx_packed
+        if self.event_flags == RING_EVENT_FLAGS_DESC:   # as Linux virtqueue_get_buf_ctx_packed()
             EVT.pack_into(self.mem.buf, self.base + self.L.driver_event, off_wrap(self.last_used, self.used_wrap),
                           RING_EVENT_FLAGS_DESC)
         self.pending.extend(results[1:])
