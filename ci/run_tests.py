@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         # The committed reference runs (notebooks/*/results/full.json) against ci/metadata.yml's thresholds.
         plan.append(("reference runs vs thresholds", lambda: script_suite("thresholds", [PY, "ci/check_thresholds.py", "--committed"])))
     if "workflows" not in skip:
-        plan.append(("workflows, README, runner", lambda: pytest_suite("repo", ["ci/check_workflows.py", "ci/check_runner.py"])))
+        plan.append(("workflows, README, runner", lambda: pytest_suite("repo", ["ci/check_workflows.py", "ci/check_runner.py", "ci/check_locks.py"])))
     if "nbval" not in skip:
         nbs = [str(notebook_path(f).relative_to(ROOT)) for f in folders]
         plan.append(("nbval", lambda: pytest_suite("nbval", [
