@@ -110,7 +110,8 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0;
 .lk-body { padding: 12px 16px 16px; display: flex; flex-direction: column; gap: 8px; flex: 1; }
 .lk-body > * { margin: 0; }
 .lk-folder { font-size: 12px; color: #666; font-family: ui-monospace, monospace; }
-.lk-card h2 { font-size: 1.05rem; line-height: 1.3; }
+.lk-card h2 { font-size: 1.05rem; line-height: 1.3; overflow-wrap: anywhere; }
+.lk-learn, .lk-covers p { overflow-wrap: anywhere; }
 .lk-card h2 a { color: #1b1f24; text-decoration: none; }
 .lk-card h2 a:hover { text-decoration: underline; }
 .lk-learn { color: #333; }
@@ -539,7 +540,8 @@ def headline_rows(e: dict) -> str:
 def card(e: dict, profile: str | None) -> str:
     m, folder = e["meta"], esc(e["folder"])
     page = esc(e["page"]) if e["page"] else None
-    title = esc(e.get("title") or m.get("topic") or e["folder"])
+    # Without a rendered notebook, the topic's name: its metadata description up to the first colon.
+    title = esc(e.get("title") or (m.get("topic") or "").split(": ")[0] or e["folder"])
     href = page or (esc(e["full"]["page"]) if e.get("full") and e["full"].get("page") else None)
     if e.get("figure"):
         w, h = e["figure_size"]
@@ -567,7 +569,7 @@ def card(e: dict, profile: str | None) -> str:
                      f' &middot; {full["when"][:10]}</a>')
     elif ref and page:
         links.append(f'<a class="lk-btn lk-full" href="{page}#ref-{folder}">Full results &middot; {machine_text(ref)}</a>')
-    else:
+    elif not ref:
         links.append('<span class="lk-btn lk-none">no full run yet</span>')
     covers = (f'<details class="lk-covers"><summary>What it covers</summary><p>{esc(m["topic"])}</p></details>'
               if m.get("topic") else "")
@@ -603,7 +605,7 @@ def index_page(entries: list, profile: str | None, source_label: str, summary_fo
 <h1>{esc(SITE_TITLE)}</h1>
 <p class="lk-intro">Each topic is one notebook: its smoke run takes minutes on a CPU, its full-scale run
 needs a GPU. Every card links the smoke run ({built} of {len(entries)} rendered from {esc(source_label)})
-and, for {fulls} topics so far, the full-scale run as executed on the GPU machine. {run_note}
+and, for {fulls} {"topic" if fulls == 1 else "topics"} so far, the full-scale run as executed on the GPU machine. {run_note}
 Built {esc(now)}. Times: CPU smoke on the 2-core CI machine, GPU full on the machine named in the full results.</p>
 <ul class="lk-gallery" id="topics">
 {"".join(card(e, profile) for e in entries)}

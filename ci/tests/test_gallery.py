@@ -10,7 +10,7 @@ import shutil
 
 import nbformat
 import pytest
-from full_run_fixture import as_full_run, png_b64
+from full_run_fixture import MACHINE, as_full_run, png_b64
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
 import build_site
@@ -35,7 +35,7 @@ def gallery(tmp_path_factory):
     nbformat.write(as_full_run(smoke, RUN, root="/home/gpu-runner/repo", folder=FULL), executed)
     ref = json.loads((ROOT / "notebooks" / FULL / "results" / "full.json").read_text())
     results = tmp / "results.json"
-    results.write_text(json.dumps(dict(ref, run_id=RUN)))
+    results.write_text(json.dumps(dict(ref, run_id=RUN, machine=MACHINE, created="2026-11-30")))
     full_runs.publish(executed, FULL, results, notebooks=notebooks)
     site = tmp / "site"
     entries = build_site.build(notebooks, site, summary_path=tmp / "no-summary.json", quiet=True, notebooks=notebooks)
@@ -53,6 +53,7 @@ def test_a_card_links_both_runs_with_the_full_runs_machine_and_date(gallery):
     card = card_html(index, FULL)
     assert f'href="{FULL}.html"' in card and f'href="{FULL}.full.html"' in card
     assert "Full run &middot; NVIDIA H200 &middot; 2026-11-30" in card  # machine_label of the fixture's machine
+    assert "Full results: NVIDIA H200, 2026-11-30 (profile full)" in card  # its full.json, the same run
     assert (site / f"{FULL}.full.html").is_file()
     full_page = html.unescape((site / f"{FULL}.full.html").read_text())
     assert "full-scale run · NVIDIA H200 · 2026-11-30 15:04 · profile full" in full_page
@@ -79,7 +80,7 @@ def test_a_card_shows_the_metrics_the_topic_is_judged_by(gallery):
     assert (f"and {more} more on the page" in card) == (more > 0)
 
 
-PAGES = [("index", 1280), ("index", 390), (FULL, 390), (f"{FULL}.full", 1280), (f"{FULL}.full", 390)]
+PAGES = [("index", 1280), ("index", 390), (f"{FULL}.full", 1280), (f"{FULL}.full", 390)]
 
 
 @pytest.mark.parametrize("page, width", PAGES, ids=[f"{p}-{w}" for p, w in PAGES])
