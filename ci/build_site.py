@@ -519,6 +519,8 @@ def headline_rows(e: dict) -> str:
     if not thresholds:
         return '<p class="lk-muted">Judged by its checks; no metric thresholds.</p>'
     ref = (e["ref"] or {}).get("metrics") or {}
+    this_label = esc(e["profile"] or "smoke")
+    ref_label = "reference" if this_label == "full" else "full"  # after `make run PROFILE=full`
     rows = []
     for name in list(thresholds)[:HEADLINE_METRICS]:
         text, check = threshold_text(thresholds[name])
@@ -527,9 +529,9 @@ def headline_rows(e: dict) -> str:
         verdict = ""
         if check is not None and isinstance(full, (int, float)) and not isinstance(full, bool):
             verdict = '<span class="lk-ok">&#10003;</span> ' if check(full) else '<span class="lk-bad">&#10007;</span> '
-        rows.append(f"<li><code>{esc(name)}</code><span class=\"lk-v\">{esc(e['profile'] or 'smoke')} "
+        rows.append(f"<li><code>{esc(name)}</code><span class=\"lk-v\">{this_label} "
                     f"<b>{fmt_num(this) if this is not None else '&mdash;'}</b></span>"
-                    f"<span class=\"lk-v\">full <b>{fmt_num(full) if full is not None else '&mdash;'}</b></span>"
+                    f"<span class=\"lk-v\">{ref_label} <b>{fmt_num(full) if full is not None else '&mdash;'}</b></span>"
                     f"<span class=\"lk-th\">{verdict}{text}</span></li>")
     more = len(thresholds) - HEADLINE_METRICS
     if more > 0:

@@ -173,6 +173,9 @@ def profile_problems(nb) -> list:
     profile = labkit_meta(nb).get("profile")
     if profile != "full":
         out.append(f"metadata.labkit.profile is {profile!r}, not 'full'")
+    missing = [k for k in ("machine", "created") if not labkit_meta(nb).get(k)]
+    if missing:
+        out.append(f"metadata.labkit lacks {' and '.join(missing)} (the site labels the run with them)")
     params = (nb.metadata.get("papermill") or {}).get("parameters") or {}
     if "profile" in params and params["profile"] != "full":
         out.append(f"papermill ran it with profile={params['profile']!r}, not 'full'")

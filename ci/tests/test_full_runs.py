@@ -89,6 +89,7 @@ def test_publish_gives_up_with_a_clear_error_when_text_alone_is_too_big(tmp_path
     (lambda nb: nb.metadata.labkit.update(profile="smoke"), "metadata.labkit.profile is 'smoke'"),
     (lambda nb: nb.metadata.papermill.parameters.update(profile="smoke"), "papermill ran it with profile='smoke'"),
     (lambda nb: nb.metadata.labkit.pop("run_id"), "no metadata.labkit.run_id"),
+    (lambda nb: nb.metadata.labkit.pop("machine"), "metadata.labkit lacks machine"),
     (lambda nb: nb.metadata.labkit.update(run_id="other"), "has run_id 'run-2026-11-30-a', the notebook 'other'"),
     (lambda nb: nb.cells.append(synthetic_executed(RUN, error=True).cells[-1]), "ZeroDivisionError"),
 ])

@@ -148,3 +148,16 @@ def test_an_unreadable_full_run_is_reported_not_fatal(tmp_path):
     assert entry["page"] == f"{PLAIN}.html" and "results/full.ipynb" in entry["failed"]
     card = card_html((tmp_path / "site" / "index.html").read_text(), PLAIN)
     assert "could not be rendered" in card and f"{PLAIN}.full.html" not in card
+
+
+def test_a_run_summary_gives_the_cards_exact_metrics_and_its_profile(tmp_path):
+    # After `make run PROFILE=full`: build/summary.json's metrics (not rounded) and labels that say so.
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"profile": "full", "notebooks": [
+        {"notebook": FULL, "status": "ok", "wall_s": 170.4, "metrics": {"model_sw_gbps": 5.0123456}}]}))
+    empty = tmp_path / "executed"
+    empty.mkdir()
+    build_site.build(empty, tmp_path / "site", summary_path=summary, quiet=True)
+    card = card_html((tmp_path / "site" / "index.html").read_text(), FULL)
+    assert "full <b>5.012</b>" in card and "reference <b>" in card
+    assert "Last run: <span class=\"lk-ok\">ok</span> &middot; 170 s" in card
