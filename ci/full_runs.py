@@ -77,8 +77,9 @@ def _walk(value, fix):
 
 
 def run_roots(nb) -> tuple:
-    """Repository folders of the machine the run was made on: papermill's input path is
-    <repo>/notebooks/<folder>/<folder>.ipynb; plus this checkout."""
+    """Repository folders of the machine the run was made on: papermill records the input path
+    (metadata.papermill.input_path, papermill/execute.py prepare_notebook_metadata), which
+    ci/run_notebooks.py gives as <repo>/notebooks/<folder>/<folder>.ipynb; plus this checkout."""
     roots = [ROOT]
     src = str((nb.metadata.get("papermill") or {}).get("input_path") or "")
     parts = Path(src).parts
