@@ -472,12 +472,14 @@ def full_run_info(topic_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        meta = (nbformat.read(path, as_version=4).metadata.get("labkit") or {})
+        nb_meta = nbformat.read(path, as_version=4).metadata
     except Exception as err:
         return {"path": path, "error": f"{type(err).__name__}: {str(err)[:200]}"}
+    meta, duration = nb_meta.get("labkit") or {}, (nb_meta.get("papermill") or {}).get("duration")
     return {"path": path, "page": f"{topic_dir.name}.full.html", "machine": machine_label(meta.get("machine")),
             "when": fmt_when(meta.get("created")), "profile": esc(meta.get("profile") or "?"),
-            "run_id": esc(meta.get("run_id") or "?")}
+            "run_id": esc(meta.get("run_id") or "?"),
+            "minutes": duration / 60 if isinstance(duration, (int, float)) and duration > 0 else None}
 
 
 def nav_bar(e: dict, current: str) -> str:
@@ -573,13 +575,16 @@ def card(e: dict, profile: str | None) -> str:
         links.append(f'<a class="lk-btn lk-full" href="{page}#ref-{folder}">Full results &middot; {machine_text(ref)}</a>')
     elif not ref:
         links.append('<span class="lk-btn lk-none">no full run yet</span>')
+    full_took = (f' (the published run: {full["minutes"]:.1f} min, papermill)'
+                 if full and full.get("page") and full.get("minutes") else "")
     covers = (f'<details class="lk-covers"><summary>What it covers</summary><p>{esc(m["topic"])}</p></details>'
               if m.get("topic") else "")
     return (f'<li class="lk-card" id="topic-{folder}">{figure}<div class="lk-body">'
             f'<p class="lk-folder">{folder}</p><h2>{heading}</h2>{state}'
             f'<p class="lk-learn">{esc(m.get("learn", ""))}</p>{covers}{headline_rows(e)}{full_on}'
             f'<p class="lk-times">CPU smoke {fmt_minutes(m.get("cpu_smoke_minutes"))} &middot; GPU full '
-            f'{fmt_minutes(m.get("gpu_full_minutes"))}<br><span class="lk-muted">{esc(m.get("hardware", ""))}</span></p>'
+            f'{fmt_minutes(m.get("gpu_full_minutes"))}{full_took}'
+            f'<br><span class="lk-muted">{esc(m.get("hardware", ""))}</span></p>'
             + (f'<p class="lk-status">Last run: {status_line(e["run"], profile)}</p>' if e["summary"] else "")
             + f'<div class="lk-links">{"".join(links)}</div></div></li>')
 

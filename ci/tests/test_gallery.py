@@ -54,6 +54,7 @@ def test_a_card_links_both_runs_with_the_full_runs_machine_and_date(gallery):
     assert f'href="{FULL}.html"' in card and f'href="{FULL}.full.html"' in card
     assert "Full run &middot; NVIDIA H200 &middot; 2026-11-30" in card  # machine_label of the fixture's machine
     assert "Full results: NVIDIA H200, 2026-11-30 (profile full)" in card  # its full.json, the same run
+    assert "(the published run: 10.2 min, papermill)" in card  # papermill's duration, 612.5 s
     assert (site / f"{FULL}.full.html").is_file()
     full_page = html.unescape((site / f"{FULL}.full.html").read_text())
     assert "full-scale run · NVIDIA H200 · 2026-11-30 15:04 · profile full" in full_page
