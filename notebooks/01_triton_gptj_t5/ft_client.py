@@ -1,5 +1,6 @@
 """Talking to the Triton server with tritonclient (HTTP and gRPC): text in/out, T5 requests, the READY
-table, statistics, malformed requests and a small bounded load run."""
+table, statistics, malformed requests, requests sent together (one dynamic batch) and a small bounded load
+run (p50/p99 latency and failures: the real perf_analyzer is not on PyPI, its package there is a placeholder)."""
 from __future__ import annotations
 
 import threading
@@ -36,10 +37,11 @@ def _input(protocol: str, name: str, arr: np.ndarray, datatype: Optional[str] = 
     return x
 
 
-def ready_table(c) -> "object":
-    """The blog's model table: name, version, status (READY / UNAVAILABLE ...)."""
+def ready_table(c, headers: Optional[dict] = None) -> "object":
+    """The blog's model table: name, version, status (READY / UNAVAILABLE ...). The repository index is a
+    restricted API on our server: pass `server.admin_headers(protocol)`."""
     import pandas as pd
-    idx = c.get_model_repository_index()
+    idx = c.get_model_repository_index(headers=headers)
     rows = []
     for m in idx if isinstance(idx, list) else idx.models:
         get = (lambda k: m.get(k, "")) if isinstance(m, dict) else (lambda k: getattr(m, k, ""))
@@ -50,21 +52,18 @@ def ready_table(c) -> "object":
 def gptj_text(c, protocol: str, prompts: Sequence[str], output_len: int, top_k: Optional[int] = None,
               top_p: Optional[float] = None, seed: Optional[int] = None, model: str = "ensemble") -> List[str]:
     """Text in, text out through the ensemble (preprocessing -> gptj -> postprocessing)."""
-    b = len(prompts)
-    inputs = [_input(protocol, "INPUT_0", np.array([[p.encode()] for p in prompts], dtype=object)),
-              _input(protocol, "INPUT_1", np.full((b, 1), output_len, dtype=np.uint32))]
-    if top_k is not None:
-        inputs.append(_input(protocol, "runtime_top_k", np.full((b, 1), top_k, dtype=np.uint32)))
-    if top_p is not None:
-        inputs.append(_input(protocol, "runtime_top_p", np.full((b, 1), top_p, dtype=np.float32)))
-    if seed is not None:
-        inputs.append(_input(protocol, "random_seed", np.full((b, 1), seed, dtype=np.uint64)))
+    inputs = text_inputs(protocol, prompts, output_len)
+    for name, value in (("runtime_top_k", top_k), ("runtime_top_p", top_p), ("random_seed", seed)):
+        if value is not None:
+            inputs.append(_input(protocol, name, np.full((len(prompts), 1), value, dtype=OPTIONAL_DTYPES[name])))
     res = c.infer(model, inputs)
     return [t.decode() for t in res.as_numpy("OUTPUT_0").reshape(-1)]
 
 
-def gptj_ids(c, protocol: str, prompts: Sequence[Sequence[int]], output_len: int, end_id: int = 50256):
-    """FT's interface of the model itself: ids in, (output_ids [b, 1, T], sequence_length [b, 1]) out."""
+def gptj_inputs(protocol: str, prompts: Sequence[Sequence[int]], output_len: int, end_id: int = 50256,
+                **optional) -> list:
+    """The inputs of one request to the `gptj` model (FT's names); `optional` adds e.g.
+    runtime_top_k=8 (UINT32), runtime_top_p=0.9 / temperature=1.0 (FP32), random_seed=1 (UINT64), one per row."""
     b, n = len(prompts), max(len(p) for p in prompts)
     ids = np.full((b, n), end_id, dtype=np.uint32)
     for i, p in enumerate(prompts):
@@ -72,8 +71,45 @@ def gptj_ids(c, protocol: str, prompts: Sequence[Sequence[int]], output_len: int
     inputs = [_input(protocol, "input_ids", ids),
               _input(protocol, "input_lengths", np.array([[len(p)] for p in prompts], dtype=np.uint32)),
               _input(protocol, "request_output_len", np.full((b, 1), output_len, dtype=np.uint32))]
-    res = c.infer("gptj", inputs)
+    for name, value in optional.items():
+        inputs.append(_input(protocol, name, np.full((b, 1), value, dtype=OPTIONAL_DTYPES[name])))
+    return inputs
+
+
+OPTIONAL_DTYPES = {"runtime_top_k": np.uint32, "runtime_top_p": np.float32, "temperature": np.float32,
+                   "random_seed": np.uint64, "beam_width": np.uint32, "len_penalty": np.float32}
+
+
+def gptj_ids(c, protocol: str, prompts: Sequence[Sequence[int]], output_len: int, end_id: int = 50256):
+    """FT's interface of the model itself: ids in, (output_ids [b, 1, T], sequence_length [b, 1]) out."""
+    res = c.infer("gptj", gptj_inputs(protocol, prompts, output_len, end_id))
     return res.as_numpy("output_ids"), res.as_numpy("sequence_length")
+
+
+def text_inputs(protocol: str, prompts: Sequence, output_len: int) -> list:
+    """The inputs of one ensemble request: prompts as str (UTF-8) or raw bytes."""
+    raw = [[p if isinstance(p, bytes) else p.encode()] for p in prompts]
+    return [_input(protocol, "INPUT_0", np.array(raw, dtype=object)),
+            _input(protocol, "INPUT_1", np.full((len(prompts), 1), output_len, dtype=np.uint32))]
+
+
+def concurrent_infer(url: str, model: str, requests: Sequence[list]) -> List[dict]:
+    """Send HTTP requests (lists of tritonclient.http inputs) all at once, so that the dynamic batcher can
+    put them into one execution; per request {"ok", "status", "error", "result"}."""
+    import tritonclient.http as tc
+    from tritonclient.utils import InferenceServerException
+    c = tc.InferenceServerClient(url=url, concurrency=len(requests))
+    try:
+        pending = [c.async_infer(model, inputs) for inputs in requests]
+        out = []
+        for p in pending:
+            try:
+                out.append({"ok": True, "status": "200", "error": "", "result": p.get_result()})
+            except InferenceServerException as exc:
+                out.append({"ok": False, "status": str(exc.status()), "error": exc.message(), "result": None})
+        return out
+    finally:
+        c.close()
 
 
 def t5_request(c, protocol: str, token_ids: Sequence[Sequence[int]], max_output_len: int, beam_width: int = 1):
@@ -91,37 +127,57 @@ def t5_request(c, protocol: str, token_ids: Sequence[Sequence[int]], max_output_
     return res.as_numpy("output_ids"), res.as_numpy("sequence_length"), res.as_numpy("cum_log_probs")
 
 
-def malformed_requests(c, protocol: str, limit: int) -> "object":
-    """Send four bad requests; each must fail with a clear message while the server stays ready."""
+def malformed_requests(c, protocol: str, limit: int, vocab: int = 50400, max_input_len: int = 224) -> "object":
+    """Send bad requests, each on its own; every one must fail with a one-line client error (HTTP 400 / gRPC
+    INVALID_ARGUMENT) naming what is wrong, while the server stays ready. `limit` is the model's max_output_len."""
     import pandas as pd
     from tritonclient.utils import InferenceServerException
-    ok_ids = np.array([[464, 3139, 286, 8031, 318]], dtype=np.uint32)
+    ok = [464, 3139, 286, 8031, 318]
+    g = lambda **kw: ("gptj", gptj_inputs(protocol, [kw.pop("ids", ok)], kw.pop("n", 4), **kw))
+    t = lambda prompt, n=4: ("ensemble", text_inputs(protocol, [prompt], n))
     cases = {
         "wrong dtype (input_ids INT32)": ("gptj", [
-            _input(protocol, "input_ids", ok_ids.astype(np.int32)),
+            _input(protocol, "input_ids", np.array([ok], dtype=np.int32)),
             _input(protocol, "input_lengths", np.array([[5]], dtype=np.uint32)),
             _input(protocol, "request_output_len", np.array([[4]], dtype=np.uint32))]),
         "wrong shape (input_lengths [1, 2])": ("gptj", [
-            _input(protocol, "input_ids", ok_ids),
+            _input(protocol, "input_ids", np.array([ok], dtype=np.uint32)),
             _input(protocol, "input_lengths", np.array([[5, 5]], dtype=np.uint32)),
             _input(protocol, "request_output_len", np.array([[4]], dtype=np.uint32))]),
-        "empty prompt": ("ensemble", [
-            _input(protocol, "INPUT_0", np.array([[b""]], dtype=object)),
-            _input(protocol, "INPUT_1", np.array([[4]], dtype=np.uint32))]),
-        f"output length over the limit ({limit * 100})": ("ensemble", [
-            _input(protocol, "INPUT_0", np.array([[b"Hello world"]], dtype=object)),
-            _input(protocol, "INPUT_1", np.array([[limit * 100]], dtype=np.uint32))]),
+        "empty prompt": t(""),
+        "prompt not UTF-8": t(b"\xff\xfe Hello"),
+        f"prompt over max_input_len ({max_input_len + 76} tokens)": t(" hello" * (max_input_len + 76)),
+        "prompt of 1 MB": t("a" * 2 ** 20),
+        "output length 0": t("Hello world", 0),
+        f"output length over the limit ({limit * 100})": t("Hello world", limit * 100),
+        "output length 2**32 - 1": t("Hello world", 2 ** 32 - 1),
+        "token id outside the vocabulary": g(ids=[464, vocab + 7]),
+        "input_lengths 0": ("gptj", [_input(protocol, "input_ids", np.array([ok], dtype=np.uint32)),
+                                     _input(protocol, "input_lengths", np.array([[0]], dtype=np.uint32)),
+                                     _input(protocol, "request_output_len", np.array([[4]], dtype=np.uint32))]),
+        "100k-token prompt (ids)": g(ids=[464] * 100_000),
+        "runtime_top_k 1e9": g(runtime_top_k=10 ** 9),
+        "runtime_top_p NaN": g(runtime_top_p=float("nan")),
+        "runtime_top_p 5": g(runtime_top_p=5.0),
+        "runtime_top_p -1": g(runtime_top_p=-1.0),
+        "temperature 0": g(temperature=0.0),
     }
     rows = []
     for case, (model, inputs) in cases.items():
         try:
             c.infer(model, inputs)
-            msg, failed = "(no error)", False
+            msg, status, failed = "(no error)", "", False
         except InferenceServerException as exc:
-            msg, failed = exc.message(), True
-        rows.append({"request": case, "model": model, "rejected": failed, "error": msg,
+            msg, status, failed = exc.message(), str(exc.status()), True
+        rows.append({"request": case, "model": model, "rejected": failed, "status": status, "error": msg,
+                     "one line": "\n" not in msg and "Traceback" not in msg,
                      "server ready after": bool(c.is_server_ready())})
     return pd.DataFrame(rows).set_index("request")
+
+
+def client_error(status: str) -> bool:
+    """An HTTP 4xx or gRPC INVALID_ARGUMENT status (as tritonclient reports it)."""
+    return status.startswith("4") or status.endswith("INVALID_ARGUMENT")
 
 
 def load_run(url: str, prompts: Sequence[str], output_len: int, concurrency: int = 4, requests: int = 32,

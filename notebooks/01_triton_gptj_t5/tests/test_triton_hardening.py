@@ -1,0 +1,316 @@
+"""The generated repository on the real tritonserver (nvidia-pytriton's binary, CPU), started once for the
+module: both protocols end to end, then what a hostile client or a crash does (issue 15): bad requests in a
+dynamic batch, user errors, size limits, a killed stub, a hung or killed tensor-parallel rank, exposure, and
+a stop under load. The last test stops the server itself."""
+import glob
+import json
+import os
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import closing
+
+import numpy as np
+import psutil
+import pytest
+
+import ft_client
+import ft_triton_repo
+import ft_weights
+
+pytest.importorskip("pytriton", reason="nvidia-pytriton carries the tritonserver binary")
+
+MAX_OUT = 8
+RANK_TIMEOUT = 4.0
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory, ft_dirs):
+    tmp = tmp_path_factory.mktemp("triton")
+    tok = ft_weights.gpt2_tokenizer_files() / "tokenizer.json"
+    # gptj at TP=2 (two rank processes to kill), t5 at TP=2; a 100 ms batching window so that requests sent
+    # together land in one execution
+    repo = ft_triton_repo.build_repository(tmp / "repo", ft_dirs[("gptj", 2)], ft_dirs[("t5", 2)], tok,
+                                           tensor_para_size=2, t5_tensor_para_size=2, max_output_len=MAX_OUT,
+                                           rank_timeout_s=RANK_TIMEOUT, queue_delay_us=100_000)
+    server = ft_triton_repo.triton_server(repo, ft_weights.cache_dir(), log_path=tmp / "triton.log", watch_interval=0.3)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def clients():
+    """Clients closed after each test, pass or fail: an idle keep-alive HTTP connection holds tritonserver's
+    drain on stop until --exit-timeout-secs (Triton 2.51 waits for open HTTP connections first)."""
+    made = []
+
+    def make(srv, protocol="http"):
+        made.append(ft_client.client(srv.urls[protocol], protocol))
+        return made[-1]
+    yield make
+    for c in made:
+        c.close()
+
+
+def _group(pgid):
+    out = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(p.info["pid"]) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p.info["pid"])
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return out
+
+
+def _http(srv, path, body=None, headers=None):
+    req = urllib.request.Request(f"http://{srv.urls['http']}{path}", data=body, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def _wait(cond, timeout, step=0.1):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if cond():
+            return time.monotonic() - t0
+        time.sleep(step)
+    return None
+
+
+def test_end_to_end_both_protocols(srv, clients):
+    members = _group(srv.pid)
+    assert len(members) >= 1 + 4 + 2 + 2  # server + 4 python stubs + 2 GPT-J ranks + 2 T5 ranks
+    for proto in ("http", "grpc"):
+        c = clients(srv, proto)
+        table = ft_client.ready_table(c, srv.admin_headers(proto))
+        assert set(table.index) == {"ensemble", "gptj", "preprocessing", "postprocessing", "t5"}
+        assert (table["state"] == "READY").all()
+        text = ft_client.gptj_text(c, proto, ["Hello world", "The capital of France is"], 4)
+        assert text[0].startswith("Hello world") and text[1].startswith("The capital of France is")
+        ids, lens = ft_client.gptj_ids(c, proto, [[15496, 995], [464, 3139, 286]], 3)
+        assert ids.shape[:2] == (2, 1) and lens[:, 0].tolist() == [5, 6]
+        assert ids[0, 0, :2].tolist() == [15496, 995]
+        out, seq, cum = ft_client.t5_request(c, proto, [[5, 17, 1], [7, 8, 9, 1]], 6, beam_width=2)
+        assert out.shape[:2] == (2, 2) and (seq <= 6).all() and (cum[:, 0] >= cum[:, 1]).all()
+    load = ft_client.load_run(srv.urls["http"], ["Hello world"], 3, concurrency=3, requests=9)
+    assert load["failed"] == 0 and load["p50_ms"] > 0 and load["p99_ms"] >= load["p50_ms"]
+
+
+def test_everything_listens_on_loopback_only(srv):
+    """HTTP, gRPC, metrics, the TCPStore rendezvous and gloo's sockets, in every process of the group."""
+    listening = []
+    for pid in _group(srv.pid):
+        try:
+            listening += [(pid, c.laddr.ip) for c in psutil.Process(pid).net_connections("inet")
+                          if c.status == psutil.CONN_LISTEN]
+        except psutil.Error:
+            pass
+    stub_pids = {v["stub"] for v in srv.snapshot().values()}
+    assert len(listening) >= 3 + 2 + 2 * 2   # 3 endpoints, 2 rendezvous stores, gloo: one socket per rank
+    assert any(pid in stub_pids for pid, _ in listening)   # the stores are hosted by the stubs
+    assert {ip for _, ip in listening} <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}, listening
+
+
+def test_admin_apis_need_the_key(srv):
+    for path, body in (("/v2/repository/index", b"{}"), ("/v2/logging", b'{"log_verbose_level": 1}'),
+                       ("/v2/systemsharedmemory/region/x/register", b'{"key": "/any", "offset": 0, "byte_size": 8}'),
+                       ("/v2/trace/setting", b'{"trace_level": ["TIMESTAMPS"]}')):
+        status, text = _http(srv, path, body)
+        assert status == 403 and "restricted" in text, (path, status, text)
+    assert _http(srv, "/v2/repository/index", b"{}", srv.admin_headers())[0] == 200
+    import tritonclient.grpc as tg
+    from tritonclient.utils import InferenceServerException
+    with closing(tg.InferenceServerClient(srv.urls["grpc"])) as g:
+        with pytest.raises(InferenceServerException, match="restricted"):
+            g.update_log_settings({"log_verbose_level": 1})
+        assert len(g.get_model_repository_index(headers=srv.admin_headers("grpc")).models) == 5
+        assert g.is_server_ready()   # health and inference stay open
+
+
+def test_one_bad_request_does_not_fail_the_rest_of_its_batch(srv, clients):
+    c = clients(srv)
+    good = [[464, 3139, 286], [15496, 995], [464, 1110], [40, 716, 257], [818, 262, 3726, 373]]
+    alone = [ft_client.gptj_ids(c, "http", [p], 4)[0][0, 0].tolist() for p in good]
+    for bad in ([464] * 300,                                     # over max_input_len (the issue's case)
+                [464, 60000]):                                   # a token id outside the vocabulary
+        before = ft_client.batching_stats(c, "gptj")
+        reqs = [ft_client.gptj_inputs("http", [p], 4) for p in good[:3]] + [ft_client.gptj_inputs("http", [bad], 4)] \
+            + [ft_client.gptj_inputs("http", [p], 4) for p in good[3:]]
+        res = ft_client.concurrent_infer(srv.urls["http"], "gptj", reqs)
+        after = ft_client.batching_stats(c, "gptj")
+        assert after["execution_count"] - before["execution_count"] < len(reqs)   # batched together
+        assert not res[3]["ok"] and res[3]["status"] == "400" and "\n" not in res[3]["error"]
+        served = [r for i, r in enumerate(res) if i != 3]
+        assert all(r["ok"] for r in served), [r["error"] for r in served]
+        assert [r["result"].as_numpy("output_ids")[0, 0].tolist() for r in served] == alone
+    # through the ensemble: a 10 MB prompt beside normal ones neither stalls nor fails them
+    t0 = time.monotonic()
+    res = ft_client.concurrent_infer(srv.urls["http"], "ensemble",
+                                     [ft_client.text_inputs("http", ["Hello world"], 4),
+                                      ft_client.text_inputs("http", ["x" * 10_000_000], 4),
+                                      ft_client.text_inputs("http", ["The capital of France is"], 4)])
+    assert time.monotonic() - t0 < 30
+    assert res[0]["ok"] and res[2]["ok"] and res[1]["status"] == "400" and "max_prompt_bytes" in res[1]["error"]
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_user_errors_are_one_line_client_errors(srv, clients, protocol):
+    c = clients(srv, protocol)
+    bad = ft_client.malformed_requests(c, protocol, MAX_OUT, max_input_len=256 - MAX_OUT)
+    assert bad["rejected"].all() and bad["server ready after"].all() and bad["one line"].all()
+    assert bad["status"].map(ft_client.client_error).all(), bad["status"].to_dict()
+    assert not bad["error"].str.contains(r"\.py|Traceback").any()
+    expect = {"empty prompt": "empty prompt", "prompt not UTF-8": "not valid UTF-8",
+              "prompt of 1 MB": "max_prompt_bytes", "output length 0": "outside 1..8",
+              "output length 2**32 - 1": "outside 1..8", "token id outside the vocabulary": "vocabulary",
+              "input_lengths 0": "empty prompt", "100k-token prompt (ids)": "max_input_len",
+              "runtime_top_k 1e9": "runtime_top_k=1000000000 is outside 0..1024", "runtime_top_p NaN": "finite",
+              "runtime_top_p 5": "outside 0.0..1.0", "runtime_top_p -1": "outside 0.0..1.0",
+              "temperature 0": "must be > 0"}
+    for case, words in expect.items():
+        assert words in bad.loc[case, "error"], (case, bad.loc[case, "error"])
+
+
+def test_t5_sampling_parameters_are_checked(srv, clients):
+    c = clients(srv, "grpc")
+    from tritonclient.utils import InferenceServerException
+    with pytest.raises(InferenceServerException, match="beam_width=5 is outside 1..4"):
+        ft_client.t5_request(c, "grpc", [[5, 17, 1]], 4, beam_width=5)
+    ins = [ft_client._input("grpc", "input_ids", np.array([[5, 17, 1]], dtype=np.uint32)),
+           ft_client._input("grpc", "sequence_length", np.array([[3]], dtype=np.uint32)),
+           ft_client._input("grpc", "max_output_len", np.array([[4]], dtype=np.uint32)),
+           ft_client._input("grpc", "len_penalty", np.array([[np.nan]], dtype=np.float32))]
+    with pytest.raises(InferenceServerException, match="len_penalty=nan is not a finite number") as e:
+        c.infer("t5", ins)
+    assert str(e.value.status()).endswith("INVALID_ARGUMENT")
+
+
+def test_unexpected_error_is_logged_not_sent(srv, clients):
+    """A shape the model does not expect (an empty beam axis) raises IndexError inside postprocessing: the client
+    gets a short INTERNAL message, the traceback goes to the server log."""
+    c = clients(srv)
+    ins = [ft_client._input("http", "TOKENS_BATCH", np.zeros((1, 0, 3), dtype=np.uint32)),
+           ft_client._input("http", "sequence_length", np.zeros((1, 0), dtype=np.uint32))]
+    from tritonclient.utils import InferenceServerException
+    with pytest.raises(InferenceServerException) as e:
+        c.infer("postprocessing", ins)
+    assert e.value.message() == "postprocessing: internal error (IndexError); the server log has the details"
+    assert str(e.value.status()) == "500"
+    logged = lambda: "postprocessing: unexpected error" in srv.log_path.read_text(errors="replace")
+    assert _wait(logged, 10) is not None   # the stub's log messages reach the server log asynchronously
+    log = srv.log_path.read_text(errors="replace")
+    assert "Traceback" in log and "IndexError" in log
+
+
+def test_json_errors_of_tritons_own_front_end_are_one_line(srv):
+    """Triton 2.51 parses the JSON itself before any model runs: 2**32 for a UINT32 wraps to 0 (our check then
+    refuses it), -1 and broken JSON are refused by Triton with one line (its status, 500 in 2.51, is its own)."""
+    body = lambda n: json.dumps({"inputs": [{"name": "INPUT_0", "datatype": "BYTES", "shape": [1, 1], "data": ["Hi"]},
+                                            {"name": "INPUT_1", "datatype": "UINT32", "shape": [1, 1], "data": [n]}]}).encode()
+    h = {"Content-Type": "application/json"}
+    status, text = _http(srv, "/v2/models/ensemble/infer", body(2 ** 32), h)
+    assert status == 400 and "INPUT_1 (output length)=0 is outside 1..8" in text
+    for raw in (body(-1), b"{not json"):
+        status, text = _http(srv, "/v2/models/ensemble/infer", raw, h)
+        assert status >= 400 and "\n" not in json.loads(text)["error"] and "Traceback" not in text
+
+
+def test_size_is_bounded_before_tokenizing(srv, clients):
+    """An 8 MB prompt is refused in seconds and costs the server group little memory (before: +5.7 GB for 50 MB)."""
+    def used():
+        rss = sum(psutil.Process(p).memory_info().rss for p in _group(srv.pid) if psutil.pid_exists(p))
+        return rss + sum(os.path.getsize(f) for f in glob.glob(f"/dev/shm/{srv.shm_prefix}*"))
+    c = clients(srv, "grpc")
+    m0, t0 = used(), time.monotonic()
+    from tritonclient.utils import InferenceServerException
+    with pytest.raises(InferenceServerException, match="8388608 bytes; the limit is"):
+        ft_client.gptj_text(c, "grpc", ["y" * 8 * 2 ** 20], 4)
+    assert time.monotonic() - t0 < 20
+    assert used() - m0 < 200 * 2 ** 20
+
+
+def test_killed_stub_makes_the_model_unready_then_it_is_reloaded(srv, clients):
+    was = srv.snapshot()["preprocessing"]
+    c = clients(srv)
+    os.kill(was["stub"], signal.SIGKILL)
+    assert _wait(lambda: not c.is_model_ready("preprocessing"), 10) is not None   # within 10 s
+    assert _wait(lambda: c.is_model_ready("preprocessing") and c.is_model_ready("ensemble"), 120) is not None
+    assert ft_client.gptj_text(c, "http", ["Hello world"], 2)[0].startswith("Hello world")
+    assert any("preprocessing: unloaded, ready=False" in m for _, m in srv.events)
+    assert not os.path.exists(f"/dev/shm/{was['shm']}")   # the dead stub's region (the backend's unload removes it)
+    assert "preprocessing: its python-backend stub" in srv.log_path.read_text()
+
+
+def test_hung_rank_times_out_then_the_model_is_reloaded(srv, clients):
+    """A stopped rank blocks the other in its all-reduce: the request fails after rank_timeout_s with a clear
+    503 instead of hanging, the ranks are stopped, the model turns unready and comes back."""
+    c = clients(srv, "grpc")
+    ranks = srv.snapshot()["gptj"]["ranks"]
+    os.kill(ranks[1], signal.SIGSTOP)
+    from tritonclient.utils import InferenceServerException
+    t0 = time.monotonic()
+    with pytest.raises(InferenceServerException, match=f"did not finish generate within rank_timeout_s={RANK_TIMEOUT:g}") as e:
+        ft_client.gptj_ids(c, "grpc", [[464, 3139]], 2)
+    assert RANK_TIMEOUT <= time.monotonic() - t0 < RANK_TIMEOUT + 15
+    assert str(e.value.status()).endswith("UNAVAILABLE")
+    assert _wait(lambda: not c.is_model_ready("gptj"), 10) is not None
+    assert _wait(lambda: c.is_model_ready("gptj") and c.is_model_ready("ensemble"), 180) is not None
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in ranks)
+    assert ft_client.gptj_ids(c, "grpc", [[464, 3139]], 2)[1][0, 0] == 4
+
+
+def test_killed_rank_fails_fast_then_the_model_is_reloaded(srv, clients):
+    c = clients(srv)
+    os.kill(srv.snapshot()["gptj"]["ranks"][0], signal.SIGKILL)
+    from tritonclient.utils import InferenceServerException
+    t0 = time.monotonic()
+    with pytest.raises(InferenceServerException) as e:
+        ft_client.gptj_ids(c, "http", [[464, 3139]], 2)
+    assert time.monotonic() - t0 < 10 and str(e.value.status()) == "503" and "tensor-parallel ranks exited" in e.value.message()
+    assert _wait(lambda: not c.is_model_ready("gptj"), 10) is not None
+    assert _wait(lambda: c.is_model_ready("gptj") and c.is_model_ready("ensemble"), 180) is not None
+    assert ft_client.gptj_ids(c, "http", [[464, 3139]], 2)[1][0, 0] == 4
+
+
+def test_zz_stop_drains_in_flight_requests_and_leaves_nothing(srv):
+    """Stop under load: requests in flight finish (the ranks are stopped only after the drain), tritonserver
+    exits by itself before its exit timeout, no process and no /dev/shm region of this server is left."""
+    pgid, prefix = srv.pid, srv.shm_prefix
+    assert _wait(lambda: srv.snapshot().keys() == srv.expected.keys() and _http(srv, "/v2/health/ready")[0] == 200, 180)
+    results = []
+
+    def client_loop():
+        c = ft_client.client(srv.urls["http"])
+        for _ in range(4):
+            try:
+                ft_client.gptj_text(c, "http", ["Count with me: one, two,"], MAX_OUT)
+                results.append("ok")
+            except Exception as exc:  # after the drain began: refused, never a broken pipe
+                results.append(str(exc))
+        c.close()
+
+    threads = [threading.Thread(target=client_loop) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    srv.stop()
+    stop_s = time.monotonic() - t0
+    for t in threads:
+        t.join(60)
+    assert results.count("ok") >= 1
+    assert not any(w in r for r in results for w in ("Broken pipe", "Stub process", "rank", "internal error")), results
+    assert srv.proc.returncode == 0, srv.log_tail()
+    assert "Exit timeout expired" not in srv.log_path.read_text()
+    assert _group(pgid) == [] and not srv.alive()
+    assert glob.glob(f"/dev/shm/{prefix}*") == []
+    print(f"stop under load took {stop_s:.1f} s")
