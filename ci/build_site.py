@@ -460,10 +460,16 @@ def recorded_metrics(nb) -> dict:
 
 
 def fmt_when(created) -> str:
-    """'2026-11-30 15:04' from an ISO date or time (UTC offset dropped), '?' when absent."""
+    """'2026-11-30 15:04 UTC' from an ISO time with a zone, '2026-11-30' from a date; '?' when absent."""
     if not created:
         return "?"
-    return esc(str(created).replace("T", " ")[:16])
+    try:
+        t = _dt.datetime.fromisoformat(str(created))
+    except ValueError:
+        return esc(str(created)[:25])
+    if t.tzinfo is not None:
+        return t.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return t.strftime("%Y-%m-%d %H:%M") if "T" in str(created) or " " in str(created) else t.strftime("%Y-%m-%d")
 
 
 def full_run_info(topic_dir: Path) -> dict | None:

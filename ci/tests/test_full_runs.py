@@ -145,3 +145,18 @@ def test_check_notebooks_runs_the_reference_run_check(tmp_path, topic, monkeypat
     results_file(topic / "results" / "full.json", "another-run")
     problems = check_notebooks.check(topic / "98_synthetic.ipynb", {"98_synthetic": {}})
     assert any("come from different runs" in p for p in problems)
+
+
+def test_a_notebook_stamped_by_the_runner_publishes(tmp_path, topic):
+    # The real hand-over: ci/run_notebooks.py writes metadata.labkit into the executed notebook
+    # (stamp_notebook) with the machine of the run's results file; publish takes it from there.
+    import run_notebooks
+    from full_run_fixture import MACHINE
+
+    nb = synthetic_executed(RUN)
+    del nb.metadata["labkit"]
+    path = executed(tmp_path, nb)
+    run_notebooks.stamp_notebook(path, RUN, "full", {"machine": MACHINE})
+    res = results_file(tmp_path / "build" / "98_synthetic.full.json", RUN)
+    full_runs.publish(path, topic.name, res, notebooks=topic.parent)
+    assert full_runs.full_run_problems(topic) == []

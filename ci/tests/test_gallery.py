@@ -57,7 +57,7 @@ def test_a_card_links_both_runs_with_the_full_runs_machine_and_date(gallery):
     assert "(the published run: 10.2 min, papermill)" in card  # papermill's duration, 612.5 s
     assert (site / f"{FULL}.full.html").is_file()
     full_page = html.unescape((site / f"{FULL}.full.html").read_text())
-    assert "full-scale run · NVIDIA H200 · 2026-11-30 15:04 · profile full" in full_page
+    assert "full-scale run · NVIDIA H200 · 2026-11-30 15:04 UTC · profile full" in full_page
     assert f"(run {RUN})" in full_page and "injected-parameters" in full_page
     # The card figure comes from the full run, scaled for a card.
     assert f'src="img/{FULL}.png"' in card
@@ -162,3 +162,9 @@ def test_a_run_summary_gives_the_cards_exact_metrics_and_its_profile(tmp_path):
     card = card_html((tmp_path / "site" / "index.html").read_text(), FULL)
     assert "full <b>5.012</b>" in card and "reference <b>" in card
     assert "Last run: <span class=\"lk-ok\">ok</span> &middot; 170 s" in card
+
+
+def test_run_times_read_as_utc():
+    assert build_site.fmt_when("2026-11-30T17:04:05+02:00") == "2026-11-30 15:04 UTC"
+    assert build_site.fmt_when("2026-11-26") == "2026-11-26"
+    assert build_site.fmt_when(None) == "?" and build_site.fmt_when("last <b>week</b>") == "last &lt;b&gt;week&lt;/b&gt;"
