@@ -200,9 +200,8 @@ REQUIRED: Dict[str, List[Tuple[str, str, str, str]]] = {
     + [("gptj", k, "GetInteger", GPTJ_ROOT) for k in (
         "head_num", "size_per_head", "inter_size", "num_layer", "vocab_size", "rotary_embedding", "start_id", "end_id")],
 }
-# read with a default (section, key, default): T5TritonModel.cc
-T5_DEFAULTS = {("decoder", "tie_word_embeddings"): "true", ("structure", "t5_with_bias"): "false",
-               ("structure", "use_gated_activation"): "false", ("structure", "position_embedding_type"): "relative"}
+# (read with a default by T5TritonModel.cc: [decoder] tie_word_embeddings true, [structure] t5_with_bias false,
+# use_gated_activation false, position_embedding_type "relative"; t5_meta reads them the same way)
 # activation_types.h getActivationType: the names FT accepts for [encoder] feed_forward_proj
 FT_ACTIVATIONS = ("Gelu", "gelu", "Relu", "relu", "Silu", "silu", "GeGLU", "geglu", "gated-gelu", "ReGLU", "reglu",
                   "gated-relu", "SiGLU", "gated-silu")

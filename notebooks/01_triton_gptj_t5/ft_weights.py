@@ -319,7 +319,7 @@ def pad_batch(seqs, pad: int = 0, left: bool = False) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long)
 
 
-def train_tiny_t5(out: Path, steps: int = 400, batch: int = 48, seed: int = 0, progress=None, lr: float = 4e-3) -> dict:
+def train_tiny_t5(out: Path, steps: int = 600, batch: int = 48, seed: int = 0, progress=None, lr: float = 4e-3) -> dict:
     """Train the tiny T5 on number -> words and save it plus spiece.model into `out`."""
     from transformers import T5Config, T5ForConditionalGeneration
     sp_path = train_sentencepiece(out / "spiece")
@@ -378,7 +378,7 @@ def tiny_checkpoint(kind: str, steps: Optional[int] = None, progress=None) -> Pa
         with _threads(1):
             return _atomic_dir(cache_dir() / f"gptj_tiny-{key}", lambda d: train_tiny_gptj(d, steps=steps, progress=progress))
     if kind == "t5":
-        steps = steps or 400
+        steps = steps or 600  # 600: 0.94 held-out exact match with max_distance 128 (400: 0.77), CPU, 2026-11-30
         key = _key(["t5", T5_TINY, steps, "v2"])
         with _threads(1):
             return _atomic_dir(cache_dir() / f"t5_tiny-{key}", lambda d: train_tiny_t5(d, steps=steps, progress=progress))
