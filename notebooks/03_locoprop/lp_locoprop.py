@@ -1,4 +1,4 @@
-"""LocoProp (Amid, Anil, Warmuth, AISTATS 2022) in TF2: local targets, local losses, local RMSProp.
+"""LocoProp (Amid, Anil, Warmuth, AISTATS 2022): local targets, local losses, local RMSProp (any backend).
 
 One batch, one compiled step:
 1. forward pass; global loss L; dL/da for every layer's pre-activation a (one backward pass);
@@ -7,38 +7,35 @@ One batch, one compiled step:
 3. T local RMSProp steps on every layer's own problem, the layer's input y held fixed:
        grad_W = y^T delta + (W - W_start)/eta,  delta = a_hat - a_t (S)  or  f(a_hat) - y_t (M),
    with inner learning rate lr * max(1 - k/T, 0.25), k = 0..T-1 (the source's schedule).
-   The layers' problems are independent, so ONE graph updates all layers in each of the T
-   iterations (a tf.while_loop over k whose body holds every layer: TF runs them in parallel);
-   the Python loop over layers only builds that graph once, at trace time.
+   The layers' problems are independent: ONE loop over k (`keras.ops.fori_loop`: a tf.while_loop
+   or a lax.fori_loop) whose body updates every layer.
 
-Defaults are the source code's flags: gamma (activation learning rate) 10, T = 10, RMSProp with
-decay 0.9, epsilon 1e-5 (inside the square root), momentum 0.999 (1 - one_minus_beta1), TF1 semantics
-(mean square initialised to 1), state kept across batches (reset_optimizers = False).
+Defaults are the source code's flags (google-research `locoprop/locoprop_training.ipynb`): gamma
+(activation_learning_rate) 10, T (num_local_iters) 10, its default inner optimizer RMSProp with decay
+1 - one_minus_beta2 = 0.9, momentum 1 - one_minus_beta1 = 0.999, epsilon 1e-5 (inside the square
+root), TF1 semantics (mean square initialised to 1), state kept across batches (reset_optimizers = False).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
-import numpy as np
-import tensorflow as tf
+from keras import ops
 
+import lp_model
 from lp_losses import transfer
-from lp_model import Autoencoder, reconstruction_loss
+from lp_optimizers import Optimizer, rmsprop_update
 
 VARIANTS = ("S", "M")
 
 
-def local_targets(model: Autoencoder, x, variant: str, gamma: float):
+def local_targets(params, acts, x, variant: str, gamma: float):
     """(loss, inputs, targets) for a batch. Targets are pre-activations (S) or post-activations (M)."""
-    with tf.GradientTape() as tape:
-        inputs, pre = model.forward(x)
-        loss = reconstruction_loss(pre[-1], x)
-    dl_da = tape.gradient(loss, pre)
+    loss, inputs, pre, dl_da = lp_model.loss_and_layer_grads(params, acts, x)
     if variant == "S":
         targets = [a - gamma * g for a, g in zip(pre, dl_da)]
     else:
-        targets = [transfer(act, a) - gamma * g for act, a, g in zip(model.acts, pre, dl_da)]
-    return loss, [tf.stop_gradient(y) for y in inputs], [tf.stop_gradient(t) for t in targets]
+        targets = [transfer(act, a) - gamma * g for act, a, g in zip(acts, pre, dl_da)]
+    return loss, inputs, targets
 
 
 def local_delta(variant: str, act: str, a_hat, target):
@@ -46,63 +43,49 @@ def local_delta(variant: str, act: str, a_hat, target):
     return a_hat - target if variant == "S" else transfer(act, a_hat) - target
 
 
-class LocoProp:
-    """LocoProp-S or LocoProp-M for an `Autoencoder`; `step(x, lr)` is one compiled training step."""
+def locoprop(acts: Sequence[str], variant: str = "M", gamma: float = 10.0, local_steps: int = 10,
+             decay: float = 0.9, momentum: float = 0.999, epsilon: float = 1e-5, rms_init: float = 1.0,
+             min_lr_fraction: float = 0.25, prox_eta: Optional[float] = None,
+             reset_each_batch: bool = False) -> Optimizer:
+    """LocoProp-S or LocoProp-M as an `Optimizer` (pure init/step)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r}; use 'S' or 'M'")
+    if local_steps < 1:
+        raise ValueError("local_steps must be >= 1")
+    if prox_eta is not None and prox_eta <= 0:
+        raise ValueError("prox_eta must be > 0 (or None for no proximal term)")
+    T, L = int(local_steps), len(acts)
+    settings = (f"gamma={gamma:g}, T={T}, inner RMSProp(decay={decay}, momentum={momentum}, eps={epsilon:g}, "
+                f"ms_init={rms_init:g}), inner lr x max(1-k/T, {min_lr_fraction}), "
+                f"prox_eta={prox_eta}, state {'reset each batch' if reset_each_batch else 'kept across batches'}")
 
-    def __init__(self, model: Autoencoder, variant: str = "M", gamma: float = 10.0, local_steps: int = 10,
-                 decay: float = 0.9, momentum: float = 0.999, epsilon: float = 1e-5, rms_init: float = 1.0,
-                 min_lr_fraction: float = 0.25, prox_eta: Optional[float] = None, reset_each_batch: bool = False):
-        if variant not in VARIANTS:
-            raise ValueError(f"variant={variant!r}; use 'S' or 'M'")
-        if local_steps < 1:
-            raise ValueError("local_steps must be >= 1")
-        self.model, self.variant = model, variant
-        self.gamma, self.T = float(gamma), int(local_steps)
-        self.decay, self.momentum, self.epsilon = float(decay), float(momentum), float(epsilon)
-        self.rms_init, self.min_lr_fraction = float(rms_init), float(min_lr_fraction)
-        self.prox_eta, self.reset_each_batch = prox_eta, reset_each_batch
-        self.name = f"LocoProp-{variant}"
-        self.ms = [tf.Variable(tf.fill(v.shape, self.rms_init), trainable=False) for v in model.variables]
-        self.mom = [tf.Variable(tf.zeros(v.shape), trainable=False) for v in model.variables]
-        self.step = tf.function(self._step)
+    def init(params):
+        return (tuple(ops.full_like(p, rms_init) for p in params), tuple(ops.zeros_like(p) for p in params))
 
-    @property
-    def state(self) -> list:
-        return self.ms + self.mom
+    def step(params, state, x, lr, t):
+        if reset_each_batch:
+            state = init(params)
+        loss, inputs, targets = local_targets(params, acts, x, variant, gamma)
+        start = params
 
-    def state_bytes(self) -> int:
-        return int(sum(np.prod(v.shape) * v.dtype.size for v in self.state))
-
-    def reset(self) -> None:
-        for v in self.ms:
-            v.assign(tf.fill(v.shape, self.rms_init))
-        for v in self.mom:
-            v.assign(tf.zeros(v.shape))
-
-    def _rmsprop(self, i, var, grad, lr):
-        ms = self.ms[i].assign(self.decay * self.ms[i] + (1.0 - self.decay) * tf.square(grad))
-        mom = self.mom[i].assign(self.momentum * self.mom[i] + lr * grad * tf.math.rsqrt(ms + self.epsilon))
-        var.assign_sub(mom)
-
-    def _step(self, x, lr):
-        model, L = self.model, self.model.n_layers
-        if self.reset_each_batch:
-            self.reset()
-        loss, inputs, targets = local_targets(model, x, self.variant, self.gamma)
-        start = [tf.identity(v) for v in model.variables] if self.prox_eta else None
-        lr = tf.cast(lr, tf.float32)
-        for k in tf.range(self.T):      # tf.while_loop; its body updates all layers, independently
-            frac = tf.maximum(1.0 - tf.cast(k, tf.float32) / self.T, self.min_lr_fraction)
+        def body(k, carry):
+            ps, ms, mom = (list(c) for c in carry)
+            frac = ops.maximum(1.0 - ops.cast(k, "float32") / T, min_lr_fraction)
             lr_k = lr * frac
-            for i in range(L):          # unrolled at trace time: one graph, no Python at run time
-                W, b = model.weights[i], model.biases[i]
-                a_hat = tf.matmul(inputs[i], W) + b
-                delta = local_delta(self.variant, model.acts[i], a_hat, targets[i])
-                gW = tf.matmul(inputs[i], delta, transpose_a=True)
-                gb = tf.reduce_sum(delta, axis=0)
-                if self.prox_eta:
-                    gW += (W - start[i]) / self.prox_eta
-                    gb += (b - start[L + i]) / self.prox_eta
-                self._rmsprop(i, W, gW, lr_k)
-                self._rmsprop(L + i, b, gb, lr_k)
-        return loss
+            for i in range(L):          # unrolled at trace time: every layer in one loop body
+                W, b = ps[2 * i], ps[2 * i + 1]
+                a_hat = ops.matmul(inputs[i], W) + b
+                delta = local_delta(variant, acts[i], a_hat, targets[i])
+                gW = ops.matmul(ops.transpose(inputs[i]), delta)
+                gb = ops.sum(delta, axis=0)
+                if prox_eta:
+                    gW = gW + (W - start[2 * i]) / prox_eta
+                    gb = gb + (b - start[2 * i + 1]) / prox_eta
+                for j, g in ((2 * i, gW), (2 * i + 1, gb)):
+                    ps[j], ms[j], mom[j] = rmsprop_update(ps[j], g, ms[j], mom[j], lr_k, decay, momentum, epsilon)
+            return tuple(ps), tuple(ms), tuple(mom)
+
+        params, ms, mom = ops.fori_loop(0, T, body, (tuple(params), state[0], state[1]))
+        return params, (ms, mom), loss
+
+    return Optimizer(f"LocoProp-{variant}", init, step, settings)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-import tensorflow as tf
+from keras import ops
 
 TRANSFERS = ("identity", "tanh", "sigmoid", "relu")
 
@@ -31,44 +31,50 @@ def _check(name):
 def transfer(name: str, a):
     """f(a)."""
     _check(name)
-    return {"identity": lambda: a, "tanh": lambda: tf.tanh(a), "sigmoid": lambda: tf.sigmoid(a),
-            "relu": lambda: tf.nn.relu(a)}[name]()
+    return {"identity": lambda: a, "tanh": lambda: ops.tanh(a), "sigmoid": lambda: ops.sigmoid(a),
+            "relu": lambda: ops.relu(a)}[name]()
 
 
 def potential(name: str, a):
     """F(a) with F' = f (numerically stable forms)."""
     _check(name)
     if name == "identity":
-        return 0.5 * tf.square(a)
+        return 0.5 * ops.square(a)
     if name == "tanh":   # log cosh a = |a| + log(1 + exp(-2|a|)) - log 2
-        return tf.abs(a) + tf.nn.softplus(-2.0 * tf.abs(a)) - math.log(2.0)
+        return ops.abs(a) + ops.softplus(-2.0 * ops.abs(a)) - math.log(2.0)
     if name == "sigmoid":
-        return tf.nn.softplus(a)
-    return 0.5 * tf.square(tf.nn.relu(a))
+        return ops.softplus(a)
+    return 0.5 * ops.square(ops.relu(a))
+
+
+def _xlogx(x):
+    """x log x with 0 log 0 = 0 (x >= 0)."""
+    safe = ops.where(x > 0, x, ops.ones_like(x))
+    return ops.where(x > 0, x * ops.log(safe), ops.zeros_like(x))
 
 
 def conjugate(name: str, y):
     """F*(y) = sup_a (a y - F(a)); +inf outside f's range."""
     _check(name)
-    inf = tf.constant(float("inf"), y.dtype)
+    y = ops.convert_to_tensor(y)
+    inf = ops.full_like(y, float("inf"))
     if name == "identity":
-        return 0.5 * tf.square(y)
+        return 0.5 * ops.square(y)
     if name == "tanh":   # ((1+y) log(1+y) + (1-y) log(1-y)) / 2 on [-1, 1]
-        inside = tf.abs(y) <= 1.0
-        ys = tf.where(inside, y, tf.zeros_like(y))
-        val = 0.5 * (tf.math.xlogy(1.0 + ys, 1.0 + ys) + tf.math.xlogy(1.0 - ys, 1.0 - ys))
-        return tf.where(inside, val, inf)
+        inside = ops.abs(y) <= 1.0
+        ys = ops.where(inside, y, ops.zeros_like(y))
+        return ops.where(inside, 0.5 * (_xlogx(1.0 + ys) + _xlogx(1.0 - ys)), inf)
     if name == "sigmoid":  # y log y + (1-y) log(1-y) on [0, 1]
-        inside = (y >= 0.0) & (y <= 1.0)
-        ys = tf.where(inside, y, tf.zeros_like(y))
-        return tf.where(inside, tf.math.xlogy(ys, ys) + tf.math.xlogy(1.0 - ys, 1.0 - ys), inf)
+        inside = ops.logical_and(y >= 0.0, y <= 1.0)
+        ys = ops.where(inside, y, ops.zeros_like(y))
+        return ops.where(inside, _xlogx(ys) + _xlogx(1.0 - ys), inf)
     inside = y >= 0.0      # relu
-    return tf.where(inside, 0.5 * tf.square(tf.where(inside, y, tf.zeros_like(y))), inf)
+    return ops.where(inside, 0.5 * ops.square(ops.where(inside, y, ops.zeros_like(y))), inf)
 
 
 def bregman(name: str, a, a_ref):
     """D_F(a, a_ref) = F(a) - F(a_ref) - f(a_ref) (a - a_ref), summed: a divergence between pre-activations."""
-    return tf.reduce_sum(potential(name, a) - potential(name, a_ref) - transfer(name, a_ref) * (a - a_ref))
+    return ops.sum(potential(name, a) - potential(name, a_ref) - transfer(name, a_ref) * (a - a_ref))
 
 
 def matching_loss(name: str, a_hat, y_target, constant: bool = True):
@@ -80,7 +86,7 @@ def matching_loss(name: str, a_hat, y_target, constant: bool = True):
     core = potential(name, a_hat) - a_hat * y_target
     if constant:
         core = core + conjugate(name, y_target)
-    return tf.reduce_sum(core)
+    return ops.sum(core)
 
 
 def matching_loss_grad(name: str, a_hat, y_target):
@@ -90,4 +96,4 @@ def matching_loss_grad(name: str, a_hat, y_target):
 
 def squared_loss(a_hat, a_target):
     """LocoProp-S's local loss 1/2 ||a_hat - a_target||^2 (= the identity's matching loss)."""
-    return 0.5 * tf.reduce_sum(tf.square(a_hat - a_target))
+    return 0.5 * ops.sum(ops.square(a_hat - a_target))

@@ -1,95 +1,55 @@
-"""The shared training loop: same data order, same initialisation, same schedule for every optimizer.
+"""The shared training protocol: same data order, same initialisation, the source's schedule for everyone.
 
-Each optimizer object has `step(x, lr) -> loss` (one compiled tf.function, traced once and re-used
-across the learning-rate sweep), `reset()` and `state_bytes()`. Keras optimizers are wrapped to
-that interface. The learning-rate schedule is the source's: linear warm-up, then linear decay.
+Schedule (google-research `locoprop/locoprop_training.ipynb`): `for epoch in range(99)` with
+num_epochs = 100 and warmup_epochs = 5; lr = base * epoch / warmup in the warm-up (so 0 in epoch 0),
+then base * (1 - (epoch + 1 - warmup) / (num_epochs - warmup)). `trained_epochs(E) = E - 1` epochs run.
+
+`train_grid` trains one optimizer at several learning rates (or seeds) side by side with
+`lp_backend.GridRunner` and returns one `Run` per member. The loss over the whole training set is
+evaluated every `eval_every` epochs and after the last one; each epoch also records the mean of its
+batch losses (free: computed during training). A member whose evaluated loss is not finite or exceeds
+`diverge_at` is marked diverged (final loss +inf).
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
-import keras
 
-from lp_locoprop import LocoProp
-from lp_model import Autoencoder, dataset_loss
-from lp_second_order import KFAC, Shampoo
-
-OPTIMIZERS = ("SGD", "Momentum", "AdaGrad", "RMSProp", "Adam", "Shampoo", "K-FAC", "LocoProp-S", "LocoProp-M")
-KERAS = {
-    "SGD": lambda: keras.optimizers.SGD(learning_rate=0.0),
-    "Momentum": lambda: keras.optimizers.SGD(learning_rate=0.0, momentum=0.9),
-    "AdaGrad": lambda: keras.optimizers.Adagrad(learning_rate=0.0),
-    "RMSProp": lambda: keras.optimizers.RMSprop(learning_rate=0.0),
-    "Adam": lambda: keras.optimizers.Adam(learning_rate=0.0),
-}
+import lp_backend
+import lp_model
+from lp_optimizers import FIRST_ORDER, LOCOPROP, SECOND_ORDER, Optimizer
 
 
-class KerasOptimizer:
-    """A Keras optimizer behind the step(x, lr) / reset() / state_bytes() interface."""
-
-    def __init__(self, model: Autoencoder, name: str):
-        if name not in KERAS:
-            raise ValueError(f"{name!r} is not one of the Keras baselines {tuple(KERAS)}")
-        self.model, self.name = model, name
-        self.opt = KERAS[name]()
-        self.opt.build(model.variables)
-        self._init = [v.numpy().copy() for v in self.opt.variables]
-        self.step = tf.function(self._step)
-
-    def _step(self, x, lr):
-        self.opt.learning_rate.assign(tf.cast(lr, tf.float32))
-        with tf.GradientTape() as tape:
-            loss = self.model.loss(x)
-        grads = tape.gradient(loss, self.model.variables)
-        self.opt.apply_gradients(zip(grads, self.model.variables))
-        return loss
-
-    @property
-    def state(self) -> list:
-        return [v for v in self.opt.variables if len(v.shape) > 0]  # slots; not the scalar counters
-
-    def state_bytes(self) -> int:
-        return int(sum(np.prod(v.shape) * np.dtype(v.dtype).itemsize for v in self.state))
-
-    def reset(self) -> None:
-        for v, init in zip(self.opt.variables, self._init):
-            v.assign(init)
+def trained_epochs(num_epochs: int) -> int:
+    """The source trains `range(num_epochs - 1)`: 99 epochs for num_epochs = 100."""
+    if num_epochs < 2:
+        raise ValueError("num_epochs must be >= 2 (the source trains num_epochs - 1 epochs)")
+    return num_epochs - 1
 
 
-def make_optimizer(name: str, model: Autoencoder, **kw):
-    """One of OPTIMIZERS; keyword arguments go to Shampoo, KFAC or LocoProp."""
-    if name in KERAS:
-        return KerasOptimizer(model, name)
-    if name == "Shampoo":
-        return Shampoo(model, **kw)
-    if name == "K-FAC":
-        return KFAC(model, **kw)
-    if name in ("LocoProp-S", "LocoProp-M"):
-        return LocoProp(model, variant=name[-1], **kw)
-    raise ValueError(f"optimizer {name!r}; use one of {OPTIMIZERS}")
-
-
-def lr_factor(epoch: int, epochs: int, warmup: int) -> float:
-    """Source schedule: warm-up (epoch+1)/warmup, then linear decay to 1/(epochs - warmup) in the last epoch."""
+def lr_factor(epoch: int, num_epochs: int, warmup: int) -> float:
+    """The source's factor for `epoch` (0-based): epoch / warmup, then 1 - (epoch + 1 - warmup) / (E - warmup)."""
+    if not 0 <= warmup < num_epochs:
+        raise ValueError(f"warmup={warmup} must be in [0, num_epochs={num_epochs})")
     if epoch < warmup:
-        return (epoch + 1) / warmup
-    return 1.0 - (epoch - warmup) / max(1, epochs - warmup)
+        return epoch / warmup
+    return 1.0 - (epoch + 1 - warmup) / (num_epochs - warmup)
 
 
 @dataclass
 class Run:
     optimizer: str
     lr: float
-    losses: List[float] = field(default_factory=list)      # training loss after 0..E epochs
-    wall: List[float] = field(default_factory=list)        # cumulative training seconds after 0..E epochs
-    epoch_seconds: List[float] = field(default_factory=list)
-    state_bytes: int = 0
+    seed: int = 0
+    eval_epochs: List[int] = field(default_factory=list)     # epochs after which the full loss was evaluated
+    losses: List[float] = field(default_factory=list)        # full training-set loss at eval_epochs
+    epoch_losses: List[float] = field(default_factory=list)  # mean batch loss of each epoch (during training)
     diverged: bool = False
+    epoch_seconds: List[float] = field(default_factory=list)  # filled by time_epochs (single run)
 
     @property
     def final_loss(self) -> float:
@@ -99,104 +59,164 @@ class Run:
     def seconds_per_epoch(self) -> float:
         return float(np.median(self.epoch_seconds)) if self.epoch_seconds else math.nan
 
+    def to_dict(self) -> dict:
+        return asdict(self)
 
-def train_run(model: Autoencoder, opt, images: np.ndarray, orders: np.ndarray, base_lr: float,
-              warmup: int, eval_images: Optional[np.ndarray] = None, probe: Optional[Callable] = None,
-              diverge_at: float = 1e4) -> Run:
-    """Train from the model's initial parameters with `orders` ([epochs, steps, batch] indices).
+    @classmethod
+    def from_dict(cls, d: dict) -> "Run":
+        return cls(**d)
 
-    Times only the training steps of each epoch (ending with a device sync); evaluates the loss over
-    the whole training set after every epoch. `probe(step_index, x, lr)` replaces opt.step when given
-    (the analysis hooks in there) and must return the batch loss.
-    """
-    model.reset()
-    opt.reset()
-    epochs = len(orders)
-    eval_images = images if eval_images is None else eval_images
-    run = Run(opt.name, float(base_lr), state_bytes=opt.state_bytes())
-    run.losses.append(dataset_loss(model, eval_images))
-    run.wall.append(0.0)
-    gstep = 0
+
+def train_grid(opt: Optimizer, acts: Sequence[str], images: np.ndarray, lrs: Sequence[float],
+               inits: Sequence[Sequence[np.ndarray]], orders: Sequence[np.ndarray], num_epochs: int, warmup: int,
+               eval_every: int = 1, diverge_at: float = 1e4, seeds: Optional[Sequence[int]] = None,
+               runner: Optional[lp_backend.GridRunner] = None) -> List[Run]:
+    """Members g = 0..G-1: learning rate lrs[g], initial params inits[g], batch order orders[g] ([epochs, S, B])."""
+    G = len(lrs)
+    if not (len(inits) == len(orders) == G):
+        raise ValueError(f"{G} learning rates but {len(inits)} initialisations and {len(orders)} orders")
+    epochs = trained_epochs(num_epochs)
+    if any(len(o) < epochs for o in orders):
+        raise ValueError(f"orders cover fewer than the {epochs} trained epochs")
+    runner = runner or make_runner(opt, acts, images)
+    seeds = list(seeds) if seeds is not None else [0] * G
+    runs = [Run(opt.name, float(lr), int(s)) for lr, s in zip(lrs, seeds)]
+    params, state = runner.start(inits)
+    active = np.ones(G, bool)
+
+    def evaluate(epoch):
+        for r, loss, a in zip(runs, runner.evaluate(params), active):
+            if not a:
+                continue
+            r.eval_epochs.append(epoch)
+            r.losses.append(float(loss))
+    evaluate(0)
+    pending = []
+    steps = orders[0].shape[1]
     for epoch in range(epochs):
-        lr = tf.constant(base_lr * lr_factor(epoch, epochs, warmup), tf.float32)
-        t0 = time.perf_counter()
-        last = None
-        for idx in orders[epoch]:
-            x = tf.constant(images[idx])
-            last = probe(gstep, x, lr) if probe else opt.step(x, lr)
-            gstep += 1
-        last = float(last)   # waits for the device: the epoch's work is done
-        dt = time.perf_counter() - t0
-        run.epoch_seconds.append(dt)
-        run.wall.append(run.wall[-1] + dt)
-        loss = dataset_loss(model, eval_images)
-        run.losses.append(loss)
-        if not np.isfinite(loss) or loss > diverge_at or not np.isfinite(last):
-            run.diverged = True
-            break
-    return run
-
-
-def warm_up(opt, x) -> None:
-    """Trace (compile) the step once with lr = 0, then restore model and optimizer state."""
-    opt.step(tf.constant(x), tf.constant(0.0))
-    opt.model.reset()
-    opt.reset()
-
-
-def sweep(model: Autoencoder, names: Sequence[str], grids: Dict[str, Sequence[float]], images, orders,
-          warmup: int, options: Optional[Dict[str, dict]] = None, progress=None) -> Dict[str, List[Run]]:
-    """Every optimizer at every learning rate of its grid, full schedule each, shared data order/init."""
-    options = options or {}
-    jobs = [(n, lr) for n in names for lr in grids[n]]
-    bar = progress(total=len(jobs), desc="LR sweep") if progress else None
-    runs: Dict[str, List[Run]] = {}
-    for name in names:
-        opt = make_optimizer(name, model, **options.get(name, {}))
-        warm_up(opt, images[orders[0, 0]])
-        for lr in grids[name]:
-            runs.setdefault(name, []).append(train_run(model, opt, images, orders, lr, warmup))
-            if bar:
-                bar.update(1)
-                bar.set_postfix_str(f"{name} lr={lr:g} loss={runs[name][-1].final_loss:.2f}")
-    if bar:
-        bar.close()
+        lrs_e = [lr * lr_factor(epoch, num_epochs, warmup) for lr in lrs]
+        batch = np.stack([o[epoch] for o in orders])
+        params, state, losses = runner.epoch(params, state, lrs_e, batch, epoch * steps, active)
+        pending.append(losses)
+        if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
+            evaluate(epoch + 1)
+            for r, a in zip(runs, range(G)):
+                bad = not np.isfinite(r.losses[-1]) or r.losses[-1] > diverge_at
+                if active[a] and bad:
+                    r.diverged, active[a] = True, False
+            for chunk in pending:           # batch losses: fetched every eval, not every epoch
+                chunk = np.asarray(chunk)
+                for g, r in enumerate(runs):
+                    r.epoch_losses.append(float(np.mean(chunk[:, g])))
+            pending = []
+            if not active.any():
+                break
     return runs
 
 
-def best_runs(runs: Dict[str, List[Run]]) -> Dict[str, Run]:
-    """Per optimizer, the run with the lowest final training loss (diverged runs count as +inf)."""
-    return {name: min(rs, key=lambda r: r.final_loss) for name, rs in runs.items()}
+def make_runner(opt: Optimizer, acts: Sequence[str], images: np.ndarray) -> lp_backend.GridRunner:
+    """A runner for `opt`; re-use it across grids, seeds and timing so its step compiles once per shape."""
+    return lp_backend.GridRunner(opt.step, opt.init, _loss_fn(acts), images)
 
 
-def table(best: Dict[str, Run], runs: Dict[str, List[Run]]):
-    """Final loss, seconds per epoch, optimizer-state memory, chosen LR and the grid, per optimizer."""
+def _loss_fn(acts):
+    return lambda params, x: lp_model.batch_loss(params, acts, x)
+
+
+def time_epochs(opt: Optimizer, acts: Sequence[str], images: np.ndarray, lr: float, init: Sequence[np.ndarray],
+                orders: np.ndarray, num_epochs: int, warmup: int, n_epochs: int = 3,
+                runner: Optional[lp_backend.GridRunner] = None) -> Dict[str, object]:
+    """Seconds per epoch of ONE training run (G = 1): epoch 0 compiles and is not counted, then
+    `n_epochs` timed epochs, each ending with a device sync."""
+    runner = runner or make_runner(opt, acts, images)
+    params, state = runner.start([init])
+    steps = orders.shape[1]
+    seconds = []
+    for epoch in range(n_epochs + 1):
+        t0 = time.perf_counter()
+        params, state, losses = runner.epoch(params, state, [lr * lr_factor(epoch, num_epochs, warmup)],
+                                             orders[epoch][None], epoch * steps)
+        runner.sync(losses)
+        seconds.append(time.perf_counter() - t0)
+    return {"optimizer": opt.name, "first_epoch_s": seconds[0], "epoch_seconds": seconds[1:],
+            "last_batch_loss": float(np.asarray(losses)[-1, 0])}
+
+
+# ---------------------------------------------------------------------------------------------
+# choosing and reporting
+# ---------------------------------------------------------------------------------------------
+
+def best_run(runs: Sequence[Run]) -> Run:
+    """The run with the lowest final training loss (diverged runs count as +inf)."""
+    return min(runs, key=lambda r: r.final_loss)
+
+
+def grid_edge(runs: Sequence[Run]) -> Optional[str]:
+    """'low' or 'high' if the best learning rate is the smallest or largest one tried, else None.
+
+    A best value at an edge means the grid may not contain the optimum: the sweep extends it."""
+    lrs = sorted(r.lr for r in runs)
+    best = best_run(runs)
+    if not np.isfinite(best.final_loss) or len(lrs) < 2:
+        return "all diverged" if not np.isfinite(best.final_loss) else "single value"
+    if best.lr == lrs[0]:
+        return "low"
+    if best.lr == lrs[-1]:
+        return "high"
+    return None
+
+
+def extension(runs: Sequence[Run]) -> List[float]:
+    """Learning rates that continue the grid past its edge (the grid's own ratio between neighbours)."""
+    lrs = sorted(r.lr for r in runs)
+    edge = grid_edge(runs)
+    if edge == "low":
+        ratio = lrs[1] / lrs[0]
+        return [float(f"{lrs[0] / ratio ** k:.3g}") for k in (1, 2)]
+    if edge == "high":
+        ratio = lrs[-1] / lrs[-2]
+        return [float(f"{lrs[-1] * ratio ** k:.3g}") for k in (1, 2)]
+    return []
+
+
+def table(runs: Dict[str, List[Run]], settings: Dict[str, str], timing: Optional[Dict[str, dict]] = None):
+    """Per optimizer: final loss at the best LR, the grid check, s/epoch of one run, settings, every LR tried."""
     import pandas as pd
     rows = []
-    for name, r in best.items():
-        rows.append({"optimizer": name, "final train loss": round(r.final_loss, 3),
-                     "s / epoch": round(r.seconds_per_epoch, 3),
-                     "state MiB": round(r.state_bytes / 2**20, 2),
-                     "best lr": r.lr,
+    for name, rs in runs.items():
+        b = best_run(rs)
+        edge = grid_edge(rs)
+        sec = np.median(timing[name]["epoch_seconds"]) if timing and name in timing else math.nan
+        rows.append({"optimizer": name, "final train loss": round(b.final_loss, 2) if np.isfinite(b.final_loss) else math.inf,
+                     "best lr": b.lr,
+                     "best inside grid": "yes" if edge is None else f"NO ({edge} edge)",
+                     "s / epoch": round(float(sec), 4),
                      "lr grid (final loss)": ", ".join(
-                         f"{x.lr:g}:{'div' if x.diverged else format(x.final_loss, '.1f')}" for x in runs[name])})
+                         f"{r.lr:g}:{'div' if r.diverged else format(r.final_loss, '.1f')}"
+                         for r in sorted(rs, key=lambda r: r.lr)),
+                     "settings": settings.get(name, "")})
     return pd.DataFrame(rows).set_index("optimizer").sort_values("final train loss")
 
 
-def paper_claims(best: Dict[str, Run]) -> Dict[str, float]:
-    """The paper's claim as measured numbers (ratios) and yes/no checks (1.0 / 0.0).
+def headline(runs: Dict[str, List[Run]]) -> Dict[str, str]:
+    """The three optimizers that get extra seeds: LocoProp-M, the best first-order, the best second-order."""
+    first = min((n for n in runs if n in FIRST_ORDER), key=lambda n: best_run(runs[n]).final_loss)
+    second = min((n for n in runs if n in SECOND_ORDER), key=lambda n: best_run(runs[n]).final_loss)
+    return {"locoprop": "LocoProp-M", "first_order": first, "second_order": second}
 
-    - beats first order: LocoProp-M's final loss below the best of SGD, Momentum, AdaGrad, RMSProp, Adam;
+
+def paper_claims(final: Dict[str, float], seconds: Dict[str, float]) -> Dict[str, float]:
+    """The paper's claim as measured ratios and yes/no checks (1.0 / 0.0), from best final losses.
+
+    - beats first order: LocoProp-M's final loss below the best first-order baseline (any setting);
     - near second order: within 10% of the better of Shampoo and K-FAC (ratio <= 1.10);
     - faster: LocoProp-M's seconds per epoch below both Shampoo's and K-FAC's.
     """
-    loco = best["LocoProp-M"]
-    first = min(best[n].final_loss for n in ("SGD", "Momentum", "AdaGrad", "RMSProp", "Adam") if n in best)
-    second = min(best[n].final_loss for n in ("Shampoo", "K-FAC"))
-    slowest_ok = min(best[n].seconds_per_epoch for n in ("Shampoo", "K-FAC"))
-    ratio_first = loco.final_loss / first
-    ratio_second = loco.final_loss / second
-    ratio_time = loco.seconds_per_epoch / slowest_ok
+    loco = final["LocoProp-M"]
+    first = min(v for n, v in final.items() if n in FIRST_ORDER)
+    second = min(final[n] for n in SECOND_ORDER)
+    ratio_first, ratio_second = loco / first, loco / second
+    ratio_time = seconds["LocoProp-M"] / min(seconds[n] for n in SECOND_ORDER)
     return {
         "ratio_locoprop_m_to_best_first_order": ratio_first,
         "ratio_locoprop_m_to_best_second_order": ratio_second,
@@ -205,3 +225,16 @@ def paper_claims(best: Dict[str, Run]) -> Dict[str, float]:
         "claim_within_10pct_of_second_order": float(ratio_second <= 1.10),
         "claim_faster_than_second_order": float(ratio_time < 1.0),
     }
+
+
+def seed_claims(seed_losses: Dict[str, List[float]]) -> Dict[str, float]:
+    """Per-seed checks for the headline trio {'locoprop','first_order','second_order'}: on how many
+    seeds LocoProp-M beats the best first-order and is within 10% of the best second-order."""
+    lo, fo, so = (np.asarray(seed_losses[k], float) for k in ("locoprop", "first_order", "second_order"))
+    return {"seeds": float(len(lo)),
+            "seeds_beats_first_order": float(np.sum(lo < fo)),
+            "seeds_within_10pct_of_second_order": float(np.sum(lo <= 1.10 * so))}
+
+
+__all__ = ["Run", "train_grid", "time_epochs", "best_run", "grid_edge", "extension", "table", "headline",
+           "paper_claims", "seed_claims", "lr_factor", "trained_epochs", "LOCOPROP"]

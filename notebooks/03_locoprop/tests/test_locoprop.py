@@ -1,13 +1,19 @@
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
-from lp_locoprop import LocoProp
-from lp_model import Autoencoder
+import lp_backend
+import lp_model
+from lp_locoprop import locoprop
 
 TINY = (12, 6, 3, 6, 12)
+ACTS = lp_model.layer_activations(TINY)
 rng = np.random.default_rng(1)
 X = rng.uniform(0, 1, (10, 12)).astype(np.float32)
+
+
+def tensors(arrs):
+    return tuple(ops.convert_to_tensor(a) for a in arrs)
 
 
 def _np_act(name, a):
@@ -55,57 +61,54 @@ def reference_step(params, acts, x, variant, gamma, T, lr, decay, momentum, eps,
 
 
 @pytest.mark.parametrize("variant,prox", [("M", None), ("S", None), ("M", 0.5)])
-def test_parallel_step_equals_sequential_reference(variant, prox):
-    model = Autoencoder(TINY, seed=3)
-    opt = LocoProp(model, variant=variant, gamma=10.0, local_steps=4, momentum=0.9, prox_eta=prox)
-    params64 = [(w.astype(np.float64), b.astype(np.float64)) for w, b in model.init_params]
-    ref = reference_step(params64, model.acts, X.astype(np.float64), variant, 10.0, 4, 0.01, 0.9, 0.9, 1e-5, prox)
-    opt.step(tf.constant(X), tf.constant(0.01))
-    for (W, b), vw, vb in zip(ref, model.weights, model.biases):
-        np.testing.assert_allclose(vw.numpy(), W, rtol=2e-4, atol=2e-5)
-        np.testing.assert_allclose(vb.numpy(), b, rtol=2e-4, atol=2e-5)
+def test_step_equals_sequential_float64_reference(variant, prox):
+    init = lp_model.glorot_init(TINY, seed=3)
+    opt = locoprop(ACTS, variant=variant, gamma=10.0, local_steps=4, momentum=0.9, prox_eta=prox)
+    params64 = [(init[2 * i].astype(np.float64), init[2 * i + 1].astype(np.float64)) for i in range(len(ACTS))]
+    ref = reference_step(params64, ACTS, X.astype(np.float64), variant, 10.0, 4, 0.01, 0.9, 0.9, 1e-5, prox)
+    params = tensors(init)
+    new, state, loss = lp_backend.compile_step(opt.step)(params, opt.init(params), ops.convert_to_tensor(X),
+                                                          lp_backend.scalar(0.01), lp_backend.step_index(0))
+    for i, (W, b) in enumerate(ref):
+        np.testing.assert_allclose(np.asarray(new[2 * i]), W, rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(np.asarray(new[2 * i + 1]), b, rtol=2e-4, atol=2e-5)
+    assert float(loss) == pytest.approx(float(lp_model.batch_loss(params, ACTS, ops.convert_to_tensor(X))), rel=1e-6)
 
 
 @pytest.mark.parametrize("variant", ["S", "M"])
 def test_first_local_gradient_is_gamma_times_global_gradient(variant):
     """At k = 0 the local problem's gradient is gamma * dL/dW, for both variants: one local step of
     plain gradient descent (no momentum, no RMS scaling) equals a backprop step with lr * gamma."""
-    model = Autoencoder(TINY, seed=4)
-    x = tf.constant(X)
-    with tf.GradientTape() as tape:
-        loss = model.loss(x)
-    grads = [g.numpy() for g in tape.gradient(loss, model.variables)]
-    opt = LocoProp(model, variant=variant, gamma=7.0, local_steps=1, momentum=0.0, decay=1.0,
-                   rms_init=1.0, epsilon=0.0)
+    params = tensors(lp_model.glorot_init(TINY, seed=4))
+    x = ops.convert_to_tensor(X)
+    _, grads = lp_model.loss_and_grads(params, ACTS, x)
+    opt = locoprop(ACTS, variant=variant, gamma=7.0, local_steps=1, momentum=0.0, decay=1.0, rms_init=1.0, epsilon=0.0)
     lr = 0.003
-    opt.step(x, tf.constant(lr))
-    for v, g, (w0, b0) in zip(model.variables, grads, model.init_params + model.init_params):
-        start = w0 if v.shape.rank == 2 else b0
-        np.testing.assert_allclose(v.numpy(), start - lr * 7.0 * g, rtol=1e-4, atol=1e-6)
+    new, _, _ = lp_backend.compile_step(opt.step)(params, opt.init(params), x, lp_backend.scalar(lr),
+                                                   lp_backend.step_index(0))
+    for p, g, n in zip(params, grads, new):
+        np.testing.assert_allclose(np.asarray(n), np.asarray(p) - lr * 7.0 * np.asarray(g), rtol=1e-4, atol=1e-6)
 
 
-def test_all_layers_run_in_one_compiled_loop():
-    """The T local iterations are one While op in one graph (not T x layers Python calls)."""
-    model = Autoencoder(TINY, seed=0)
-    opt = LocoProp(model, local_steps=5)
-    graph = opt.step.get_concrete_function(tf.TensorSpec([None, 12], tf.float32),
-                                           tf.TensorSpec([], tf.float32)).graph
-    whiles = [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
-    assert len(whiles) == 1
-    body = graph._functions[whiles[0].get_attr("body").name].graph  # noqa: SLF001
-    matmuls = [op for op in body.get_operations() if op.type in ("MatMul", "BatchMatMulV2")]
-    assert len(matmuls) == 2 * model.n_layers    # forward + weight gradient, for every layer, per iteration
+def test_training_reduces_loss_and_state_is_kept():
+    params = tensors(lp_model.glorot_init(TINY, seed=0))
+    opt = locoprop(ACTS, local_steps=3)
+    step = lp_backend.compile_step(opt.step)
+    x = ops.convert_to_tensor(X)
+    first = float(lp_model.batch_loss(params, ACTS, x))
+    state = opt.init(params)
+    assert all(np.all(np.asarray(m) == 1) for m in state[0]) and all(np.all(np.asarray(m) == 0) for m in state[1])
+    for t in range(15):
+        params, state, _ = step(params, state, x, lp_backend.scalar(3e-4), lp_backend.step_index(t))
+    assert float(lp_model.batch_loss(params, ACTS, x)) < first - 0.5
+    assert not all(np.all(np.asarray(m) == 0) for m in state[1])       # momentum carried across batches
+    assert opt.state_bytes(lp_model.glorot_init(TINY, 0)) == 2 * 4 * lp_model.n_params(TINY)
 
 
-def test_training_reduces_loss_and_reset_restores_state():
-    model = Autoencoder(TINY, seed=0)
-    opt = LocoProp(model, local_steps=3)
-    x = tf.constant(X)
-    first = float(model.loss(x))
-    for _ in range(15):
-        opt.step(x, tf.constant(3e-4))
-    assert float(model.loss(x)) < first - 0.5
-    opt.reset()
-    assert all(np.all(v.numpy() == 0) for v in opt.mom)
-    assert all(np.all(v.numpy() == 1) for v in opt.ms)
-    assert opt.state_bytes() == 2 * 4 * model.n_params
+def test_bad_options_are_rejected():
+    with pytest.raises(ValueError):
+        locoprop(ACTS, variant="Q")
+    with pytest.raises(ValueError):
+        locoprop(ACTS, local_steps=0)
+    with pytest.raises(ValueError):
+        locoprop(ACTS, prox_eta=-1.0)

@@ -8,7 +8,7 @@ X = np.random.default_rng(5).uniform(0, 1, (60, 16)).astype(np.float32)
 
 
 def test_relu_locoprop_trains():
-    run = relu_locoprop(X, TINY, epoch_orders(60, 3, 20, 0), lr=3e-4)
+    run = relu_locoprop(X, TINY, epoch_orders(60, 4, 20, 0), lr=3e-4, num_epochs=4)
     assert not run.diverged and run.losses[-1] < run.losses[0]
 
 
