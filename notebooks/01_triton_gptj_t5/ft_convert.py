@@ -17,6 +17,8 @@ GPT-J (HF name -> FT name, FT shape, split axis):
     h.L.mlp.fc_in.{weight,bias}       -> ...mlp.dense_h_to_4h.* (W^T)       [d, 4d], [4d]   last axis
     h.L.mlp.fc_out.weight             -> ...mlp.dense_4h_to_h.weight (W^T)  [4d, d]         axis 0
     h.L.mlp.fc_out.bias               -> ...mlp.dense_4h_to_h.bias          [d]             whole
+FT's own GPT-J converter writes fp32 only, and FT's GptJWeight::loadModel (the versions read) reads files as fp32
+("only support FP32 now"): fp16 GPT-J files serve this project's runtime.
 T5 (as FT's `examples/pytorch/t5/utils/huggingface_t5_ckpt_convert.py` writes it; files named by the HF key):
 every 2-D tensor is transposed before `tofile`, so weights are [in, out] and relative_attention_bias is
 [heads, buckets]. Split on the last axis: encoder SelfAttention.q/k/v, EncDecAttention.q/k/v, DenseReluDense.wi
