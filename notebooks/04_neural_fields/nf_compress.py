@@ -12,7 +12,7 @@ at each budget for the same wall-clock time. Sizes come from one knob per kind:
 * triplane  the finest of four resolutions (r/8, r/4, r/2, r), one plane in 2-D;
 * codebook  the same four resolutions, each corner storing log2(K) bits (resolution capped at the
             image's, since finer corners than pixels cannot help);
-* octree    (quadtree, dense up to 16x16 cells) the finest level and the share of pixels, highest
+* octree    (quadtree, dense up to 16x16 cells or the level above the finest) the finest level and the share of pixels, highest
             gradient first, whose cells exist at the levels finer than that.
 """
 from __future__ import annotations
@@ -58,10 +58,10 @@ def candidates(kind: str, size: int, edge_points: Optional[torch.Tensor] = None,
             yield lambda k=k: nf_grids.HashGrid(2, levels=hash_levels, features=2, log2_table=k,
                                                 n_min=min(hash_n_min, size), n_max=size)
     elif kind == "dense":
-        for r in _resolution_ladder(size):
+        for r in _resolution_ladder(size, bottom=2):
             yield lambda r=r: nf_grids.DenseGrid(2, resolutions=(r,), features=features)
     elif kind in ("triplane", "codebook"):
-        for r in _resolution_ladder(size, bottom=8):
+        for r in _resolution_ladder(size, bottom=4):
             res = tuple(max(1, r // 2 ** i) for i in (3, 2, 1, 0))
             if kind == "triplane":
                 yield lambda res=res: nf_grids.TriplaneGrid(2, resolutions=res, features=features)
@@ -72,11 +72,11 @@ def candidates(kind: str, size: int, edge_points: Optional[torch.Tensor] = None,
             raise ValueError("an octree image grid needs edge_points (edge_ranked_points(image))")
         top = int(math.log2(size)) - 1                        # finest cells of 2x2 pixels
         n = edge_points.shape[0]
-        for finest in range(top, 3, -1):
+        for finest in range(top, 2, -1):
             for share in [0.75 ** k for k in range(16)]:
                 pts = edge_points[: max(1, int(n * share))]
                 yield lambda pts=pts, f=finest: nf_grids.OctreeGrid.from_points(
-                    pts, base_level=2, num_lods=f - 1, features=features, dense_level=min(4, f))
+                    pts, base_level=2, num_lods=f - 1, features=features, dense_level=min(4, f - 1))
     else:
         raise ValueError(f"unknown grid kind {kind!r}; choose from {', '.join(nf_grids.GRID_TYPES)}")
 
@@ -84,15 +84,16 @@ def candidates(kind: str, size: int, edge_points: Optional[torch.Tensor] = None,
 def field_for_budget(kind: str, budget: float, size: int, device="cpu", hidden: int = 64, layers: int = 2,
                      **kw) -> nf_fields.ImageField:
     """The ImageField with the most stored parameters <= budget among the kind's candidates."""
-    best, best_n = None, -1.0
+    best, best_n, smallest = None, -1.0, float("inf")
     for make in candidates(kind, size, **kw):
         field = nf_fields.ImageField(make(), hidden, layers)
         n = stored_params(field)
+        smallest = min(smallest, n)
         if best_n < n <= budget:
             best, best_n = field, n
     if best is None:
         raise ValueError(f"no {kind} grid fits a budget of {budget:,.0f} stored parameters at {size}x{size} "
-                         f"(the decoder alone needs {sum(p.numel() for p in nf_fields.MLP(8, 3, hidden, layers).parameters()):,})")
+                         f"(the smallest candidate with this decoder stores {smallest:,.0f})")
     return best.to(device)
 
 

@@ -246,12 +246,16 @@ def fit_nerf(pipeline, train: MultiViewDataset, test: MultiViewDataset, max_step
     opt = make_optimizer(field, lr, fused=(dev.type == "cuda"))
     base = [g["lr"] for g in opt.param_groups]
     loss_fn = lambda oo, dd, cc: nerf_loss(pipeline, oo, dd, cc, max_samples)
-    compile_seconds = 0.0
+    compile_seconds, compiled = 0.0, False
     if compile:
-        loss_fn = torch.compile(loss_fn)
         t0 = time.perf_counter()
-        idx = torch.randint(0, o.shape[0], (batch_rays,), device=dev)
-        loss_fn(o[idx], d[idx], c[idx])[0].backward()            # compiles forward and backward
+        try:
+            compiled_fn = torch.compile(loss_fn)
+            idx = torch.randint(0, o.shape[0], (batch_rays,), device=dev)
+            compiled_fn(o[idx], d[idx], c[idx])[0].backward()    # compiles forward and backward
+            loss_fn, compiled = compiled_fn, True
+        except Exception as exc:  # say so and train eager: a missing compiler must not lose the run
+            print(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); training eager")
         opt.zero_grad(set_to_none=True)
         sync(dev)
         compile_seconds = time.perf_counter() - t0
@@ -298,7 +302,7 @@ def fit_nerf(pipeline, train: MultiViewDataset, test: MultiViewDataset, max_step
     total = clock.pause()
     if bar is not None:
         bar.close()
-    hist.update(train_seconds=total, steps_done=step, compile_seconds=compile_seconds,
+    hist.update(train_seconds=total, steps_done=step, compile_seconds=compile_seconds, compiled=compiled,
                 samples_per_ray_final=(float(samples_sum) - last[0]) / max(rays_drawn - last[1], 1)
                 if rays_drawn > last[1] else (hist["samples_per_ray"] or [0.0])[-1], rays_used=float(rays_used),
                 steps_per_s=step / max(total, 1e-9), rays_per_s=float(rays_used) / max(total, 1e-9),

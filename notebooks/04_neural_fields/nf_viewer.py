@@ -115,7 +115,7 @@ class Viewer:
         self.trainers = trainers or {}
         self.cameras = cameras or {}
         self.fov, self.size, self.radius, self.train_steps = fov_deg, size, radius, train_steps
-        self.last_frame_ms = None
+        self.last_frame_ms = self.last_render_ms = None
         self._widgets = None
 
     def camera(self, azimuth: float, elevation: float, zoom: float = 1.0) -> torch.Tensor:
@@ -155,12 +155,13 @@ class Viewer:
         if frustums and name in self.cameras:
             segs = torch.cat([frustum_segments(pose, self.fov) for pose in self.cameras[name].cpu()])
             draw_segments(img, segs, c2w, self.fov)
-        self.last_frame_ms = (time.perf_counter() - t0) * 1e3
+        self.last_frame_ms = self.last_render_ms = (time.perf_counter() - t0) * 1e3
         return img
 
     def frame_png(self, *args, **kw) -> bytes:
         """A frame as the widget shows it: render_frame's arguments, returns PNG bytes. last_frame_ms
-        then holds the whole time a learner waits for: render, overlays and PNG encoding."""
+        then holds the whole time a learner waits for (render, overlays and PNG encoding), and
+        last_render_ms the part before the encoding."""
         t0 = time.perf_counter()
         png = _png(self.render_frame(*args, **kw))
         self.last_frame_ms = (time.perf_counter() - t0) * 1e3

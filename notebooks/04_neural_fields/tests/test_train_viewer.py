@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import nf_bench
+import nf_compress
 import nf_data as D
 import nf_fields as Fd
 import nf_grids as G
@@ -83,6 +84,19 @@ def test_viewer_renders_every_channel_and_overlays_change_pixels():
         v.render_frame("nerf", channel="albedo")
 
 
+def test_frame_png_times_what_the_learner_waits_for():
+    import io
+    from PIL import Image
+    v, _ = _tiny_viewer()
+    png = v.frame_png("nerf", zoom=0.5, size=24, frustums=True, occupancy=True)
+    whole = v.last_frame_ms
+    assert 0 < v.last_render_ms <= whole                                # encoding is part of the frame's time
+    frame = v.render_frame("nerf", zoom=0.5, size=24, frustums=True, occupancy=True)
+    decoded = np.asarray(Image.open(io.BytesIO(png)), dtype=np.float32) / 255
+    assert decoded.shape == (24, 24, 3) and np.abs(decoded - frame).max() <= 0.5 / 255 + 1e-6
+    assert whole > 0 and v.last_frame_ms > 0
+
+
 def test_projection_inverts_camera_rays():
     c2w = D.orbit_camera(40, 15, 3.0)
     o, d = D.camera_rays(c2w, 10, 8, 40.0)
@@ -113,3 +127,50 @@ def test_encoding_throughput_reports_positive_rates():
     assert r["forward_pts_s"] > 0 and r["backward_pts_s"] > 0
     table = nf_bench.bench_grids({"hash": g, "dense": G.DenseGrid(3, (8,), 2)}, 512, repeat=2, show_progress=False)
     assert list(table.index) == ["hash", "dense"] and (table["forward Mpts/s"] > 0).all()
+
+
+def _tiny_nerf_data():
+    torch.manual_seed(0)
+    views = D.render_dataset(D.Scene(), 4, 1, 12, supersample=1)
+    pipe = Fd.Pipeline(Fd.RadianceField(G.HashGrid(3, levels=4, features=2, log2_table=10, n_min=4, n_max=32), hidden=16),
+                       T.VolumeTracer(16, T.OccupancyGrid(8)))
+    return views, pipe
+
+
+def test_fit_nerf_with_a_fixed_sample_buffer_learns_and_reports_speed():
+    views, pipe = _tiny_nerf_data()
+    before, _ = nf_train.evaluate_views(pipe, views["test"])
+    run = nf_train.fit_nerf(pipe, views["train"], views["test"], 30, 60, batch_rays=128, lr=3e-2, eval_every=15,
+                            warmup=8, occupancy_every=8, max_samples=1024, show_progress=False, target_psnr=0.0)
+    assert run["steps_done"] == 30 and run["steps"] == [15, 30] and run["psnr"][-1] > before + 1.5
+    assert 0 < run["rays_used"] <= 30 * 128 and run["rays_per_s"] > 0 and run["steps_per_s"] > 0
+    assert run["time_to_target"] == run["seconds"][0]                   # 0 dB: reached at the first evaluation
+    scores = nf_train.view_scores(nf_train.evaluate_views(pipe, views["test"])[1], views["test"])
+    assert set(scores) == {"psnr", "ssim", "psnr_object", "ssim_object"}
+
+
+def test_the_fixed_buffer_nerf_step_is_one_graph_without_host_syncs():
+    """torch.compile(fullgraph=True) refuses graph breaks: a .item(), nonzero() or Python branch on a
+    tensor in sampling, the field or compositing would fail here. The 'eager' backend only traces."""
+    views, pipe = _tiny_nerf_data()
+    o, d, c = views["train"].rays()
+    torch._dynamo.reset()
+    step = torch.compile(lambda a, b, cc: nf_train.nerf_loss(pipe, a, b, cc, 512), backend="eager", fullgraph=True)
+    loss, used, samples = step(o[:64], d[:64], c[:64])
+    loss.backward()
+    assert torch.isfinite(loss) and 0 < used <= 64 and samples > 0
+    assert pipe.field.grid.table.grad.abs().sum() > 0
+
+
+def test_grids_sized_to_a_budget_stay_within_it_and_the_hash_hashes_its_fine_levels():
+    img = torch.rand(32, 32, 3)
+    edges = nf_compress.edge_ranked_points(img)
+    budget = img.numel() / 4
+    for kind in G.GRID_TYPES:
+        f = nf_compress.field_for_budget(kind, budget, 32, hidden=8, layers=1, edge_points=edges, hash_levels=6,
+                                         hash_n_min=4)
+        assert 0.3 * budget < nf_compress.stored_params(f) <= budget, kind
+    h = nf_compress.field_for_budget("hash", budget, 32, hidden=8, layers=1, hash_levels=6, hash_n_min=4).grid
+    assert h.hashed[-1] and not h.hashed[0]
+    with pytest.raises(ValueError, match="no dense grid fits.*smallest candidate"):
+        nf_compress.field_for_budget("dense", 10, 32, hidden=8, layers=1)
