@@ -94,22 +94,33 @@ def text_inputs(protocol: str, prompts: Sequence, output_len: int) -> list:
 
 
 def concurrent_infer(url: str, model: str, requests: Sequence[list]) -> List[dict]:
-    """Send HTTP requests (lists of tritonclient.http inputs) all at once, so that the dynamic batcher can
-    put them into one execution; per request {"ok", "status", "error", "result"}."""
-    import tritonclient.http as tc
+    """Send HTTP requests (lists of tritonclient.http inputs) at the same moment - one thread and one open
+    connection each, released together - so that the dynamic batcher can put them into one execution;
+    per request {"ok", "status", "error", "result"}."""
     from tritonclient.utils import InferenceServerException
-    c = tc.InferenceServerClient(url=url, concurrency=len(requests))
-    try:
-        pending = [c.async_infer(model, inputs) for inputs in requests]
-        out = []
-        for p in pending:
-            try:
-                out.append({"ok": True, "status": "200", "error": "", "result": p.get_result()})
-            except InferenceServerException as exc:
-                out.append({"ok": False, "status": str(exc.status()), "error": exc.message(), "result": None})
-        return out
-    finally:
-        c.close()
+    out: List[dict] = [{} for _ in requests]
+    go = threading.Barrier(len(requests), timeout=120)
+
+    def send(i):
+        c = client(url, "http")   # a tritonclient.http client belongs to the thread that made it (gevent)
+        try:
+            c.is_server_live()    # connected before the barrier
+            go.wait()
+            out[i] = {"ok": True, "status": "200", "error": "", "result": c.infer(model, requests[i])}
+        except InferenceServerException as exc:
+            out[i] = {"ok": False, "status": str(exc.status()), "error": exc.message(), "result": None}
+        except Exception as exc:   # no connection, or another sender failed before the barrier
+            go.abort()
+            out[i] = {"ok": False, "status": "", "error": f"{type(exc).__name__}: {exc}", "result": None}
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
 
 
 def t5_request(c, protocol: str, token_ids: Sequence[Sequence[int]], max_output_len: int, beam_width: int = 1):
