@@ -31,6 +31,15 @@ def test_empty_batch_gives_an_empty_feature_matrix(kind):
     assert out.shape == (0, g.output_dim)
 
 
+def test_tracers_take_an_empty_ray_batch():
+    from nf_fields import Pipeline, RadianceField
+    pipe = Pipeline(RadianceField(small_grid("hash", 3)), T.VolumeTracer(8, T.OccupancyGrid(4)))
+    z = torch.zeros(0, 3)
+    for kw in ({}, {"max_samples": 16}):
+        assert pipe(z, z, **kw)["rgb"].shape == (0, 3)
+    assert T.SphereTracer()(SphereSDF(), z, z)["depth"].shape == (0,)
+
+
 def test_integer_points_are_refused_and_float64_points_use_the_grid_dtype():
     g = small_grid("hash", 3)
     with pytest.raises(TypeError, match="floating-point"):
