@@ -42,13 +42,16 @@ if NAME == "jax":
         return np.asarray(x)
 
     def enable_compilation_cache(path) -> None:
-        """Persist compiled XLA programs across processes (stage command, then the notebook)."""
+        """Persist compiled XLA programs across processes (stage commands, then the notebook)."""
         os.makedirs(path, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", str(path))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        try:
+            jax.config.update("jax_compilation_cache_dir", str(path))
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        except AttributeError as exc:     # an option renamed in another JAX version: run without the cache
+            print(f"note: no persistent compilation cache ({exc})")
 
     def set_matmul_precision(name: str) -> None:
-        """'default' (TF32 on recent NVIDIA GPUs) or 'highest' (true float32) for keras.ops.matmul."""
+        """'default' (XLA may use TF32 for float32 matmuls on recent NVIDIA GPUs) or 'highest' (true float32)."""
         if name not in ("default", "highest"):
             raise ValueError(f"precision {name!r}; use 'default' or 'highest'")
         jax.config.update("jax_default_matmul_precision", None if name == "default" else "highest")

@@ -275,7 +275,7 @@ def fisher_signals(params, acts, x, pre, dl_da, fisher: str, seed: int, t):
 
 
 def kfac(acts: Sequence[str], damping: float = 1e-2, stat_decay: float = 0.95, refresh_every: int = 20,
-         momentum: float = 0.0, fisher: str = "true", damping_mode: str = "relative", kl_clip=1e-3,
+         momentum: float = 0.0, fisher: str = "true", damping_mode: str = "relative", kl_clip=0.1,
          seed: int = 0, root_method: str = "auto") -> Optimizer:
     """K-FAC for dense layers: Kronecker factors A, G; factored-damped inverses every k steps."""
     _choice("damping_mode", damping_mode, ("relative", "absolute"))
