@@ -194,6 +194,17 @@ def test_t5_sampling_parameters_are_checked(srv, clients):
     assert str(e.value.status()).endswith("INVALID_ARGUMENT")
 
 
+def test_sampling_parameters_must_agree_within_a_request(srv, clients):
+    """FT's inputs are [rows, 1]; rows of one request run as one generate call, so they must agree."""
+    c = clients(srv)
+    ins = ft_client.gptj_inputs("http", [[464, 3139], [15496, 995]], 2)
+    ins.append(ft_client._input("http", "runtime_top_k", np.array([[1], [8]], dtype=np.uint32)))
+    from tritonclient.utils import InferenceServerException
+    with pytest.raises(InferenceServerException, match="runtime_top_k must be the same on every row") as e:
+        c.infer("gptj", ins)
+    assert str(e.value.status()) == "400"
+
+
 def test_unexpected_error_is_logged_not_sent(srv, clients):
     """A shape the model does not expect (an empty beam axis) raises IndexError inside postprocessing: the client
     gets a short INTERNAL message, the traceback goes to the server log."""
