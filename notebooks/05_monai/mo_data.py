@@ -1,10 +1,16 @@
 """Data for the MONAI notebook: the MNI152 brain, tissue labels, synthetic "subjects", test volumes, DICOM.
 
 Everything here is offline. The MNI152 2009a template (T1 + grey/white-matter probability maps, from the
-`mni152` data source) is ONE averaged brain; to get a training set we make "subjects" from it by a random
-smooth deformation plus random intensity changes (bias field, gamma, contrast, noise). That is data
-augmentation presented as subjects, and the notebook says so: held-out subjects are other random
-deformations of the same template, not other people.
+`mni152` data source) is ONE averaged brain. Two kinds of "subjects" are made from it:
+
+- synthetic (training and validation), the way SynthSeg does it: the template's label maps are deformed at
+  random, given CSF and synthetic skull/scalp shells, and an image is *synthesised from the labels* (random
+  intensity per structure, blur, bias field, gamma, noise: mo_transforms.synthesize). No real T1 intensity
+  is used, so a network trained on them has to segment by shape and local contrast.
+- real-intensity (testing): the template's own T1, deformed and with scanner-like intensity changes, and
+  the undeformed template T1 itself. The generator above never produces these images.
+Both are deformations of the same one brain, and the notebook says so: the test measures generalisation to
+real T1 intensities, not to other people's anatomy.
 """
 from __future__ import annotations
 
@@ -92,17 +98,12 @@ def _smooth_field(shape, rng, sigma: float, amplitude: float) -> np.ndarray:
     return (field / (m + 1e-6) * amplitude).astype(np.float32)
 
 
-def random_subject(tpl: Template, rng: np.random.Generator, max_rot_deg: float = 8.0,
-                   max_scale: float = 0.08, warp_mm: float = 3.0, warp_scale_mm: float = 24.0,
-                   bias: float = 0.25, noise: float = 0.03) -> Tuple[np.ndarray, np.ndarray]:
-    """One "subject": the template deformed (random affine + smooth warp) with intensity changes.
-
-    Returns (t1 float32 0..~1, label uint8). The label is computed from the deformed GM/WM maps, so image
-    and label move together exactly.
-    """
+def _random_warp(shape, spacing, rng: np.random.Generator, max_rot_deg: float = 8.0, max_scale: float = 0.08,
+                 warp_mm: float = 3.0, warp_scale_mm: float = 24.0):
+    """A random affine (rotation, scaling about the centre) plus a smooth displacement field, as a function
+    that resamples a volume (linear interpolation, zero outside)."""
     from scipy import ndimage
-    shape = tpl.t1.shape
-    sp = np.array(tpl.spacing)
+    sp = np.asarray(spacing, dtype=np.float64)
     centre = (np.array(shape) - 1) / 2.0
     ang = np.deg2rad(rng.uniform(-max_rot_deg, max_rot_deg, 3))
     cx, cy, cz = np.cos(ang)
@@ -113,14 +114,25 @@ def random_subject(tpl: Template, rng: np.random.Generator, max_rot_deg: float =
     scale = np.diag(1.0 + rng.uniform(-max_scale, max_scale, 3))
     A = rx @ ry @ rz @ scale
     grid = np.indices(shape, dtype=np.float32).reshape(3, -1) - centre[:, None]
-    coords = (A @ grid) + centre[:, None]
-    coords = coords.reshape((3,) + shape).astype(np.float32)
+    coords = ((A @ grid) + centre[:, None]).reshape((3,) + tuple(shape)).astype(np.float32)
     for ax in range(3):
         coords[ax] += _smooth_field(shape, rng, warp_scale_mm / sp[ax], warp_mm / sp[ax])
-    warp = lambda v: ndimage.map_coordinates(v, coords, order=1, mode="constant", cval=0.0, prefilter=False)
+    return lambda v: ndimage.map_coordinates(v, coords, order=1, mode="constant", cval=0.0, prefilter=False)
+
+
+def random_subject(tpl: Template, rng: np.random.Generator, bias: float = 0.25, noise: float = 0.03,
+                   **warp_args) -> Tuple[np.ndarray, np.ndarray]:
+    """A real-intensity test "subject": the template's T1 deformed (random affine + smooth warp) with
+    intensity changes (bias field, gamma, contrast, Rician-like noise).
+
+    Returns (t1 float32 0..~1, label uint8). The label is computed from the deformed GM/WM maps, so image
+    and label move together exactly.
+    """
+    shape = tpl.t1.shape
+    sp = np.array(tpl.spacing)
+    warp = _random_warp(shape, sp, rng, **warp_args)
     t1, gm, wm = warp(tpl.t1), warp(tpl.gm), warp(tpl.wm)
     label = tissue_labels(gm, wm)
-    # intensity: smooth multiplicative bias field, gamma, contrast/brightness, Rician-like noise
     brain = t1 > 0.02
     field = np.exp(_smooth_field(shape, rng, 40.0 / sp[0], bias))
     gamma = float(np.exp(rng.uniform(-0.3, 0.3)))
@@ -130,32 +142,101 @@ def random_subject(tpl: Template, rng: np.random.Generator, max_rot_deg: float =
     return t1.astype(np.float32), label
 
 
-def _write_one(args) -> None:
+# the structures a synthetic image is drawn from (the training target keeps only 0, 1, 2)
+GEN_LABELS = {0: "air", 1: "grey matter", 2: "white matter", 3: "CSF", 4: "CSF/dura outside the brain",
+              5: "skull", 6: "scalp"}
+SHELL_MM = 24.0   # room around the brain for the synthetic shells
+
+
+def pad_template(tpl: Template, mm: float = SHELL_MM) -> Template:
+    """The template with `mm` of empty space added on every side (the affine keeps voxels in place)."""
+    n = int(np.ceil(mm / min(tpl.spacing)))
+    pad = lambda v: np.pad(v, n)
+    affine = tpl.affine.copy()
+    affine[:3, 3] -= affine[:3, :3] @ np.full(3, n)
+    return Template(pad(tpl.t1), pad(tpl.gm), pad(tpl.wm), affine)
+
+
+def generation_labels(tpl: Template, rng: np.random.Generator, p_shells: float = 0.8,
+                      **warp_args) -> Tuple[np.ndarray, np.ndarray]:
+    """A deformed label map of the structures in GEN_LABELS (uint8) and its 3-class training label.
+
+    The brain is the template's (skull-stripped) head: tissue where GM+WM >= 0.3, CSF elsewhere inside it.
+    With probability `p_shells` it gets random-thickness shells around it: CSF/dura (1-4 mm), skull (3-8 mm),
+    scalp (2-7 mm), as SynthSeg's label maps have; otherwise it stays skull-stripped like the test images.
+    `tpl` should be padded (pad_template) so that the shells fit."""
+    from scipy import ndimage
+    sp = np.array(tpl.spacing)
+    warp = _random_warp(tpl.t1.shape, sp, rng, **warp_args)
+    t1, gm, wm = warp(tpl.t1), warp(tpl.gm), warp(tpl.wm)
+    label = tissue_labels(gm, wm)
+    brain = ndimage.binary_fill_holes((t1 > 0.02) | (label > 0))
+    gen = label.copy()
+    gen[brain & (label == 0)] = 3
+    if rng.random() < p_shells:
+        d = ndimage.distance_transform_edt(~brain, sampling=sp)
+        r1 = rng.uniform(1, 4)
+        r2 = r1 + rng.uniform(3, 8)
+        r3 = r2 + rng.uniform(2, 7)
+        gen[(d > 0) & (d <= r1)] = 4
+        gen[(d > r1) & (d <= r2)] = 5
+        gen[(d > r2) & (d <= r3)] = 6
+    return gen.astype(np.uint8), label
+
+
+def draw_image(gen: np.ndarray, seed: Sequence[int]) -> np.ndarray:
+    """One image drawn from a generation label map by mo_transforms.synthesize (training draws a new one
+    every time it uses the subject; this one is kept in the file for validation and for looking at)."""
+    import torch
+    import mo_transforms
+    rng = np.random.default_rng(list(seed))
+    g = torch.Generator().manual_seed(int(rng.integers(1 << 62)))
+    return mo_transforms.synthesize(torch.from_numpy(gen)[None], np.random.RandomState(int(rng.integers(1 << 31))),
+                                    g)[0].numpy()
+
+
+def _save(arr: np.ndarray, affine: np.ndarray, path: str) -> None:
     import nibabel as nib
-    tpl, seed, i, paths = args
-    img, lab = random_subject(tpl, np.random.default_rng([seed, i]))
-    for arr, path in zip((img, lab), paths):
-        tmp = Path(path).with_name(".tmp_" + Path(path).name)
-        nib.save(nib.Nifti1Image(arr, tpl.affine), str(tmp))
-        tmp.replace(path)
+    tmp = Path(path).with_name(".tmp_" + Path(path).name)
+    nib.save(nib.Nifti1Image(arr, affine), str(tmp))
+    tmp.replace(path)
+
+
+def _write_one(args) -> None:
+    """Worker: a real-intensity subject (image, label) or a synthetic one's label maps (label, gen); numpy and
+    scipy only, so forked workers never touch torch's thread pools."""
+    tpl, kind, seed, i, paths = args
+    rng = np.random.default_rng([seed, i])
+    arrays = random_subject(tpl, rng) if kind == "real" else generation_labels(tpl, rng)[::-1]
+    for arr, path in zip(arrays, paths):
+        _save(arr, tpl.affine, path)
 
 
 def write_subjects(tpl: Template, out_dir: Path, n: int, seed: int, prefix: str = "subj",
-                   workers: int = 1) -> List[Dict[str, str]]:
-    """Write n subjects as NIfTI (image + label) and return MONAI-style datalist dicts.
+                   workers: int = 1, kind: str = "real") -> List[Dict[str, str]]:
+    """Write n subjects as NIfTI and return MONAI-style datalist dicts {"image", "label", "id"} (synthetic
+    ones also "gen", their generation label map). kind: "real" (random_subject) or "synth" (generation_labels
+    on the template padded for the shells, and one image drawn from them).
 
     Re-uses files written before with the same parameters (a small JSON manifest records them).
     """
+    if kind not in ("real", "synth"):
+        raise ValueError(f"kind={kind!r}; use 'real' or 'synth'")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if kind == "synth":
+        tpl = pad_template(tpl)
     manifest = out_dir / f"{prefix}_manifest.json"
-    key = {"n": n, "seed": seed, "shape": list(tpl.t1.shape), "spacing": list(tpl.spacing), "v": 2}
-    items = [{"image": str(out_dir / f"{prefix}{i:03d}_t1.nii.gz"),
-              "label": str(out_dir / f"{prefix}{i:03d}_label.nii.gz"), "id": f"{prefix}{i:03d}"} for i in range(n)]
+    key = {"n": n, "seed": seed, "shape": list(tpl.t1.shape), "spacing": list(tpl.spacing), "kind": kind, "v": 4}
+    names = ("image", "label") + (("gen",) if kind == "synth" else ())
+    suffix = {"image": "t1", "label": "label", "gen": "gen"}
+    items = [{**{k: str(out_dir / f"{prefix}{i:03d}_{suffix[k]}.nii.gz") for k in names}, "id": f"{prefix}{i:03d}"}
+             for i in range(n)]
     if manifest.exists() and json.loads(manifest.read_text()) == key and all(
-            Path(it["image"]).exists() and Path(it["label"]).exists() for it in items):
+            Path(it[k]).exists() for it in items for k in names):
         return items
-    jobs = [(tpl, seed, i, (it["image"], it["label"])) for i, it in enumerate(items)]
+    files = ("image", "label") if kind == "real" else ("label", "gen")
+    jobs = [(tpl, kind, seed, i, [it[k] for k in files]) for i, it in enumerate(items)]
     if workers > 1:
         import multiprocessing as mp
         with mp.get_context("fork").Pool(workers) as pool:
@@ -163,10 +244,37 @@ def write_subjects(tpl: Template, out_dir: Path, n: int, seed: int, prefix: str 
     else:
         for job in jobs:
             _write_one(job)
+    if kind == "synth":      # one image per subject, drawn here (torch) from the label maps the workers wrote
+        import nibabel as nib
+        for i, it in enumerate(items):
+            _save(draw_image(np.asarray(nib.load(it["gen"]).dataobj), (seed, i, 1)), tpl.affine, it["image"])
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text(json.dumps(key))
     tmp.replace(manifest)
     return items
+
+
+def write_template_item(tpl: Template, out_dir: Path, name: str = "mni152_real_t1") -> Dict[str, str]:
+    """The undeformed template T1 and its label as a test item: real intensities, never synthesised."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    item = {"image": str(out_dir / f"{name}_t1.nii.gz"), "label": str(out_dir / f"{name}_label.nii.gz"), "id": name}
+    for arr, path in ((tpl.t1, item["image"]), (tissue_labels(tpl.gm, tpl.wm), item["label"])):
+        _save(arr, tpl.affine, path)
+    return item
+
+
+def threshold_baseline(image: np.ndarray) -> np.ndarray:
+    """The no-learning rule: two intensity thresholds (multi-Otsu over the non-zero voxels) split a T1 into
+    background/CSF (darkest), grey matter and white matter (brightest). It knows T1 contrast and nothing else."""
+    from skimage.filters import threshold_multiotsu
+    x = np.asarray(image, dtype=np.float32)
+    fg = x != 0
+    t_gm, t_wm = threshold_multiotsu(x[fg], classes=3)
+    lab = np.zeros(x.shape, np.uint8)
+    lab[fg & (x > t_gm)] = 1
+    lab[fg & (x > t_wm)] = 2
+    return lab
 
 
 def synthetic_volumes(n: int, size: int, num_seg_classes: int = 2, seed: int = 0,
@@ -239,12 +347,13 @@ def check_label(label_img, name: str, image_shape: Sequence[int], image_affine: 
 
 
 def check_items(items: Sequence[dict], num_classes: int = len(LABEL_NAMES)) -> None:
-    """check_label for every {"image", "label"} pair of a datalist (headers of the images, whole labels)."""
+    """check_label for every label map of a datalist against its image (or, for synthetic items, its
+    generation label map): headers of the images, whole label maps."""
     import nibabel as nib
     for it in items:
         if "label" not in it:
             continue
-        img = nib.load(str(it["image"]))
+        img = nib.load(str(it.get("image") or it["gen"]))
         check_label(nib.load(str(it["label"])), str(it["label"]), img.shape, img.affine, num_classes)
 
 

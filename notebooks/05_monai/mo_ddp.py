@@ -2,7 +2,8 @@
 
 Each process takes one GPU (LOCAL_RANK), its own shard of the training subjects, and a DDP-wrapped copy
 of the network; gradients are averaged with NCCL (gloo on CPU). Rank 0 validates, writes the checkpoint
-and the training history. `launch()` starts it from Python (the notebook) and waits.
+and the training history. `launch()` starts it from Python (the notebook) and waits; `compare_world_sizes()`
+runs it with 1 and N processes at the same global batch (the 2-GPU speed-up).
 """
 from __future__ import annotations
 
@@ -65,6 +66,34 @@ def launch(cfg, train_items, val_items, out: Path, nproc: int, timeout: Optional
         raise RuntimeError(f"DDP training failed (exit {res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}")
     hist = mo_train.History.from_json((out / "history.json").read_text())
     return hist, out / "checkpoint.pt", res.stdout
+
+
+def compare_world_sizes(cfg, train_items, val_items, out: Path, nprocs=(1, 2), global_batch: int = 2,
+                        timeout: Optional[float] = None) -> dict:
+    """The same training with 1 and N processes (one per GPU): the same global batch (each of n processes
+    takes global_batch / n volumes per step, from its 1/n shard of the subjects, so an epoch is the same
+    number of optimiser steps on the same number of volumes), the same epochs. Returns epoch times (median
+    after the first epoch), the validation Dice of each run and the speed-up of the largest over 1."""
+    from dataclasses import replace
+    import numpy as np
+    res = {}
+    for n in nprocs:
+        if global_batch % n:
+            raise ValueError(f"global batch {global_batch} does not split over {n} processes")
+        c = replace(cfg, batch_size=global_batch // n)
+        hist, _, _ = launch(c, train_items, val_items, Path(out) / f"np{n}", nproc=n, timeout=timeout)
+        res[n] = {"world_size": hist.world_size, "per_process_batch": c.batch_size,
+                  "epoch_s": float(np.median(hist.epoch_seconds[1:] or hist.epoch_seconds)),
+                  "epoch_seconds": hist.epoch_seconds,
+                  "val_dice": hist.val_dice[-1] if hist.val_dice else None,
+                  "val_mean_dice": float(np.mean(hist.val_dice[-1])) if hist.val_dice else None}
+    n_max = max(nprocs)
+    summary = {"runs": res, "global_batch": global_batch}
+    if 1 in res and n_max != 1:
+        summary["epoch_speedup"] = res[1]["epoch_s"] / res[n_max]["epoch_s"]
+        if res[1]["val_mean_dice"] is not None:
+            summary["val_mean_dice_difference"] = abs(res[1]["val_mean_dice"] - res[n_max]["val_mean_dice"])
+    return summary
 
 
 if __name__ == "__main__":

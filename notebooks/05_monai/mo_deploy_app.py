@@ -114,40 +114,42 @@ def _series_geometry(headers: list) -> dict:
     """Slice count, orientation, spacing and field of view of one series (a list of pydicom headers).
     Raises BadInput when the slices cannot form one regular 3-D volume."""
     uid = headers[0].SeriesInstanceUID
+    tag = f" (series {uid})"
     missing = [k for k in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns")
                if any(k not in h for h in headers)]
     if missing:
-        raise BadInput(f"MR series {uid}: slices lack {', '.join(missing)}: no 3-D geometry to rebuild a volume from")
+        raise BadInput(f"an MR series lacks {', '.join(missing)}: no 3-D geometry to rebuild a volume from{tag}")
     iops = np.array([[float(v) for v in h.ImageOrientationPatient] for h in headers])
     if np.abs(iops - iops[0]).max() > 1e-3:
-        raise BadInput(f"MR series {uid}: its slices have different orientations (ImageOrientationPatient)")
+        raise BadInput(f"an MR series has slices of different orientations (ImageOrientationPatient){tag}")
     row, col = iops[0][:3], iops[0][3:]
     normal = np.cross(row, col)
     if abs(np.linalg.norm(normal) - 1) > 1e-2 or abs(row @ col) > 1e-2:
-        raise BadInput(f"MR series {uid}: ImageOrientationPatient {list(iops[0])} is not two orthogonal unit vectors")
+        raise BadInput(f"an MR series has an ImageOrientationPatient {list(iops[0])} that is not two orthogonal unit "
+                       f"vectors{tag}")
     pos = np.sort([float(np.dot(normal, [float(v) for v in h.ImagePositionPatient])) for h in headers])
     n = len(pos)
     if n < MIN_SLICES:
-        raise BadInput(f"MR series {uid} has {n} slice(s); this app segments 3-D brain volumes and needs at least "
-                       f"{MIN_SLICES} parallel slices")
+        raise BadInput(f"an MR series has {n} slice(s); this app segments 3-D brain volumes and needs at least "
+                       f"{MIN_SLICES} parallel slices{tag}")
     gaps = np.diff(pos)
     if gaps.min() <= 1e-3:
-        raise BadInput(f"MR series {uid}: two or more slices share a position (duplicates or several stacks)")
+        raise BadInput(f"an MR series has two or more slices at one position (duplicates or several stacks){tag}")
     if (gaps.max() - gaps.min()) > 0.01 * gaps.mean() + 1e-3:
-        raise BadInput(f"MR series {uid}: slice spacing varies from {gaps.min():.3g} to {gaps.max():.3g} mm "
-                       "(missing slices?); the volume would be distorted")
+        raise BadInput(f"an MR series' slice spacing varies from {gaps.min():.3g} to {gaps.max():.3g} mm "
+                       f"(missing slices?); the volume would be distorted{tag}")
     px = [float(v) for v in headers[0].PixelSpacing]   # between rows, between columns
     spacing = (px[1], px[0], float(np.mean(gaps)))
     fov = (px[1] * int(headers[0].Columns), px[0] * int(headers[0].Rows), float(pos[-1] - pos[0] + gaps.mean()))
     warnings = []
     if min(fov) < MIN_HEAD_MM:
-        warnings.append(f"MR series {uid}: field of view {fov[0]:.0f} x {fov[1]:.0f} x {fov[2]:.0f} mm is smaller than "
+        warnings.append(f"the MR series' field of view {fov[0]:.0f} x {fov[1]:.0f} x {fov[2]:.0f} mm is smaller than "
                         f"a head ({MIN_HEAD_MM:.0f} mm along each axis); the model was trained on whole-brain T1 "
-                        "volumes, so its output here is not a brain segmentation")
+                        f"volumes, so its output here is not a brain segmentation{tag}")
     axis = np.abs(normal).max()
     if axis < np.cos(np.radians(30)):
-        warnings.append(f"MR series {uid}: oblique slices ({np.degrees(np.arccos(axis)):.0f} degrees from the nearest "
-                        "axis); the volume is resampled to RAS, which blurs it")
+        warnings.append(f"the MR series has oblique slices ({np.degrees(np.arccos(axis)):.0f} degrees from the nearest "
+                        f"axis); the volume is resampled to RAS, which blurs it{tag}")
     return {"series": str(uid), "slices": n, "spacing_mm": spacing, "fov_mm": fov, "warnings": warnings}
 
 

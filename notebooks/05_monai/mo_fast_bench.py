@@ -1,10 +1,21 @@
-"""Per-epoch timing of the two training recipes on one GPU, without the rest of the notebook.
+"""The two training recipes measured on their own, without the rest of the notebook.
 
-    python mo_fast_bench.py [--out bench.json]
+    python mo_fast_bench.py --mode time_to_dice [--target 0.85] [--max-epochs 300] [--out ttd.json]
+    python mo_fast_bench.py --mode ddp [--nproc 1 2] [--epochs 6] [--out ddp.json]
+    python mo_fast_bench.py --mode epoch [--out bench.json]          # per-epoch time of recipe variants
+    python mo_fast_bench.py --mode merge --inputs fast.json regular.json --out ttd.json   # --recipes runs
+    add --tiny for a CPU-sized check (MNI152 at 6 mm, tiny UNet, 16^3 patches, low target)
 
-Same data (the full profile's 24 synthetic subjects at 1 mm, resampled to 1.5 mm), model (UNet 16..256),
-loss and patch settings as the notebook's full profile. Runs the regular recipe, then the fast recipe in a
-few variants (to show where the time goes), each for one warm-up epoch plus three timed ones.
+Data and model are the notebook's full profile: SynthSeg-style synthetic subjects from the MNI152 labels at
+1 mm (24 train, 4 validation, also synthetic), resampled to 1.5 mm; UNet 16..256; 96^3 patches x4; batch 2.
+time_to_dice: the fast recipe, then the regular one, each until the validation mean GM/WM Dice reaches the
+  target (or max epochs, or --time-budget-s), validating every epoch; seconds to target include the cache
+  fill, as MONAI's fast-training guide counts them. Also the per-epoch ratio and the precision/optimiser of
+  each recipe. If only the fast recipe reaches the target, the regular run's elapsed time gives a lower
+  bound of the speed-up (fast_vs_regular_time_to_dice_speedup_lower_bound).
+ddp: the fast recipe under torchrun with 1 and N processes (one per GPU), same global batch, same epochs;
+  epoch time of each, the speed-up, and the validation Dice of both runs.
+Results (JSON) name the machine: GPU model and count, CPU cores, torch version.
 """
 from __future__ import annotations
 
@@ -14,28 +25,111 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parents[1] / "shared"))   # labkit, where the repository is not installed
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="bench.json")
-    ap.add_argument("--epochs", type=int, default=3)
-    a = ap.parse_args()
+def machine() -> dict:
+    import platform
     import torch
-    import mo_data, mo_train, mo_transforms
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    n = torch.cuda.device_count()
+    return {"gpu": torch.cuda.get_device_name(0) if n else None, "gpu_count": n, "cpu_count": os.cpu_count(),
+            "host": platform.node(), "torch": torch.__version__,
+            "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+
+
+def data(tiny: bool, n_train: int, n_val: int, root: Path):
+    """(train items, validation items) of synthetic subjects, written once under `root`."""
+    import mo_data
+    mm = 6.0 if tiny else 1.0
+    tpl = mo_data.resample_template(mo_data.load_mni152(), mm)
+    workers = 1 if tiny else min(8, os.cpu_count() or 1)
+    items = mo_data.write_subjects(tpl, root / f"synth_{mm:g}mm", n_train + n_val, seed=0, workers=workers,
+                                   kind="synth")
+    return items[:n_train], items[n_train:]
+
+
+def base_config(tiny: bool) -> dict:
+    if tiny:
+        return dict(net="unet", size="tiny", pixdim=6.0, roi=16, num_samples=2, batch_size=2, num_workers=0,
+                    cache_workers=1, seed=0, synth=True)
+    return dict(net="unet", size="full", pixdim=1.5, roi=96, num_samples=4, batch_size=2, num_workers=4,
+                cache_workers=8, seed=0, synth=True)
+
+
+def time_to_dice(a, dev: str, train, val) -> dict:
+    import mo_train
+    base = base_config(a.tiny)
+    cfgs = {r: mo_train.Config(recipe=r, **base) for r in ("regular", "fast")}
+    res = {}
+    for r in a.recipes:      # fast first by default: its time bounds what the regular run has to be compared with
+        res.update(mo_train.race({r: cfgs[r]}, train, val, dev, a.target, a.max_epochs, a.time_budget_s))
+        x = res[r]
+        print(f"{r}: {x['epochs_run']} epochs, {x['epoch_s']:.3f} s/epoch, cache fill {x['setup_s']:.1f} s, "
+              f"time to Dice {a.target}: {x['time_to_target_s']} s (stopped by {x['stopped_by']} after "
+              f"{x['elapsed_s']:.0f} s), final val Dice {x['final_val_dice']}, "
+              f"threshold baseline on the same volumes {x['val_threshold_baseline']}", flush=True)
+    out = {"mode": "time_to_dice", "target_val_mean_dice_gm_wm": a.target, "max_epochs": a.max_epochs,
+           "time_budget_s": a.time_budget_s, "recipes": mo_train.recipe_differences(cfgs["regular"], cfgs["fast"]),
+           "config": {r: asdict(cfgs[r]) for r in res}, "results": res}
+    return {**out, **speedups(res)}
+
+
+def speedups(res: dict) -> dict:
+    """Per-epoch and time-to-target ratios of regular over fast (when both are there)."""
+    if not {"regular", "fast"} <= set(res):
+        return {}
+    reg, fast = res["regular"], res["fast"]
+    out = {"fast_vs_regular_epoch_speedup": reg["epoch_s"] / fast["epoch_s"],
+           "fast_vs_regular_time_to_dice_speedup": (reg["time_to_target_s"] / fast["time_to_target_s"]
+                                                    if reg["time_to_target_s"] and fast["time_to_target_s"] else None)}
+    if fast["time_to_target_s"] and not reg["time_to_target_s"]:   # regular stopped short: a lower bound
+        out["fast_vs_regular_time_to_dice_speedup_lower_bound"] = reg["elapsed_s"] / fast["time_to_target_s"]
+    print("fast vs regular:", json.dumps({k: v if v is None else round(v, 2) for k, v in out.items()}))
+    return out
+
+
+def merge(paths) -> dict:
+    """One result from time_to_dice runs of single recipes (when one command cannot hold both): they must
+    come from the same machine, data and target."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    keys = lambda r: (r["machine"]["host"], r["machine"]["gpu"], r["machine"]["gpu_count"], r["target_val_mean_dice_gm_wm"],
+                      r["max_epochs"], r["time_budget_s"])
+    if len({keys(r) for r in runs}) != 1:
+        raise SystemExit(f"cannot merge: the runs differ in host/GPU/target/limits: {[keys(r) for r in runs]}")
+    out = {**runs[0], "results": {}, "config": {}, "merged_from": [str(p) for p in paths]}
+    for r in runs:
+        out["results"].update(r["results"])
+        out["config"].update(r["config"])
+    return {**out, **speedups(out["results"])}
+
+
+def ddp(a, dev: str, train, val) -> dict:
+    import mo_ddp
+    import mo_train
+    cfg = mo_train.Config(recipe="fast", epochs=a.epochs, val_every=a.epochs, **{**base_config(a.tiny),
+                                                                                  "batch_size": a.global_batch})
+    with tempfile.TemporaryDirectory() as d:
+        res = mo_ddp.compare_world_sizes(cfg, train, val, Path(d), nprocs=tuple(a.nproc),
+                                         global_batch=a.global_batch, timeout=3000)
+    for n, r in res["runs"].items():
+        print(f"{n} process(es): {r['epoch_s']:.3f} s/epoch (batch {r['per_process_batch']} per process), "
+              f"val Dice {r['val_dice']}", flush=True)
+    print("ddp epoch speedup", res.get("epoch_speedup"), "| val mean Dice difference",
+          res.get("val_mean_dice_difference"))
+    return {"mode": "ddp", "config": asdict(cfg), **res, "ddp_2gpu_epoch_speedup": res.get("epoch_speedup")}
+
+
+def epoch_variants(a, dev: str, train, val) -> dict:
+    """Per-epoch time of the regular recipe and of the fast one with and without its GPU-side fixes."""
+    import torch
+    import mo_train
+    import mo_transforms
     ncpu = os.cpu_count() or 1
-    t0 = time.perf_counter()
-    tpl = mo_data.resample_template(mo_data.load_mni152(), 1.0)
-    items = mo_data.write_subjects(tpl, Path(tempfile.gettempdir()) / "mo_bench_subjects", 24, seed=0,
-                                   workers=min(8, ncpu))
-    print(f"subjects ready in {time.perf_counter() - t0:.0f} s", flush=True)
-    base = dict(net="unet", size="full", pixdim=1.5, roi=96, num_samples=4, batch_size=2,
-                num_workers=4, cache_workers=8, seed=0)
     orig_random_part = mo_transforms.random_part
 
     def cpu_grid_random_part(*args, device=None, **kw):   # the previous code: RandAffined grid built on the CPU
@@ -43,30 +137,64 @@ def main() -> int:
 
     variants = [  # (name, recipe, torch threads in this process, channels_last, affine grid on the GPU)
         ("regular", "regular", min(4, ncpu), False, False),
-        ("fast_before_cpu_grid_threads_all", "fast", ncpu, False, False),
-        ("fast_threads_all", "fast", ncpu, True, True),
+        ("fast_cpu_affine_grid", "fast", min(4, ncpu), True, False),
         ("fast_no_channels_last", "fast", min(4, ncpu), False, True),
         ("fast", "fast", min(4, ncpu), True, True),
     ]
-    res = {"device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", "cpu_count": ncpu,
-           "torch": torch.__version__, "variants": {}}
-    for name, recipe, threads, cl, gpu_grid in variants:
-        torch.set_num_threads(threads)
-        mo_transforms.random_part = orig_random_part if gpu_grid else cpu_grid_random_part
-        cfg = mo_train.Config(recipe=recipe, channels_last=cl, **base)
-        torch.manual_seed(0)
-        r = mo_train.measure_epoch_time(cfg, items, dev, epochs=a.epochs)
-        r.update(threads=threads, channels_last=cl, gpu_affine_grid=gpu_grid)
-        res["variants"][name] = r
-        print(name, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
-        Path(a.out).write_text(json.dumps(res, indent=1))   # partial results survive a time-out
-        if dev == "cuda":
-            torch.cuda.empty_cache()
-    mo_transforms.random_part = orig_random_part
+    res = {"mode": "epoch", "variants": {}}
+    try:
+        for name, recipe, threads, cl, gpu_grid in variants:
+            torch.set_num_threads(threads)
+            mo_transforms.random_part = orig_random_part if gpu_grid else cpu_grid_random_part
+            cfg = mo_train.Config(recipe=recipe, channels_last=cl, **base_config(a.tiny))
+            torch.manual_seed(0)
+            r = mo_train.measure_epoch_time(cfg, train, dev, epochs=a.epochs)
+            r.update(threads=threads, channels_last=cl, gpu_affine_grid=gpu_grid)
+            res["variants"][name] = r
+            print(name, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
+    finally:
+        mo_transforms.random_part = orig_random_part
     v = res["variants"]
     res["fast_vs_regular_epoch_speedup"] = v["regular"]["epoch_seconds"] / v["fast"]["epoch_seconds"]
     print("fast_vs_regular_epoch_speedup", round(res["fast_vs_regular_epoch_speedup"], 2))
-    Path(a.out).write_text(json.dumps(res, indent=1))
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mode", choices=("time_to_dice", "ddp", "epoch", "merge"), default="time_to_dice")
+    ap.add_argument("--recipes", nargs="+", choices=("fast", "regular"), default=["fast", "regular"])
+    ap.add_argument("--inputs", nargs="+", default=[], help="merge: time_to_dice JSON files of single recipes")
+    ap.add_argument("--out", default=None, help="JSON file (default: <mode>.json)")
+    ap.add_argument("--tiny", action="store_true", help="CPU-sized: 6 mm, tiny UNet, 16^3 patches")
+    ap.add_argument("--target", type=float, default=None, help="validation mean GM/WM Dice (default 0.85; tiny 0.2)")
+    ap.add_argument("--max-epochs", type=int, default=None, help="time_to_dice cap (default 300; tiny 4)")
+    ap.add_argument("--time-budget-s", type=float, default=None,
+                    help="time_to_dice: stop a recipe after this many training seconds (then a lower bound)")
+    ap.add_argument("--epochs", type=int, default=None, help="ddp / epoch mode: epochs per run (default 6; tiny 2)")
+    ap.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--global-batch", type=int, default=2)
+    ap.add_argument("--n-train", type=int, default=None)
+    ap.add_argument("--data-root", default=os.environ.get("MO_BENCH_DATA", str(Path(tempfile.gettempdir()) / "mo_bench")))
+    a = ap.parse_args(argv)
+    a.target = a.target if a.target is not None else (0.2 if a.tiny else 0.85)
+    a.max_epochs = a.max_epochs or (4 if a.tiny else 300)
+    a.epochs = a.epochs or (2 if a.tiny else 6)
+    n_train = a.n_train or (4 if a.tiny else 24)
+    out = Path(a.out or f"{a.mode}.json")
+    if a.mode == "merge":
+        out.write_text(json.dumps(merge(a.inputs), indent=1, default=str))
+        print("wrote", out)
+        return 0
+    import torch
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    t0 = time.perf_counter()
+    train, val = data(a.tiny, n_train, 2 if a.tiny else 4, Path(a.data_root))
+    print(f"{len(train)} + {len(val)} synthetic subjects ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    run = {"time_to_dice": time_to_dice, "ddp": ddp, "epoch": epoch_variants}[a.mode]
+    res = {"machine": machine(), "device": dev, **run(a, dev, train, val)}
+    out.write_text(json.dumps(res, indent=1, default=str))
+    print("wrote", out)
     return 0
 
 

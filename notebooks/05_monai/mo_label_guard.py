@@ -41,6 +41,8 @@ class Refused(Exception):
 
 def _json_object(text, what: str) -> dict:
     """Parse `text` as a JSON object or refuse with 400 naming `what`."""
+    if not isinstance(text, (str, bytes)):
+        raise Refused(400, f"{what} must be text (a JSON object), not a file")
     try:
         value = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -4,7 +4,9 @@ regular: Dataset + DataLoader (transforms on CPU worker processes, every epoch f
 fast:    CacheDataset (deterministic transforms computed once) + ThreadDataLoader, random transforms on the
          GPU (EnsureTyped(device=cuda) before them), automatic mixed precision, SGD with momentum
          (MONAI's fast_training_tutorial; REFERENCE section 5).
-Both use DiceCE loss. Validation is sliding-window inference over whole volumes with per-class Dice.
+Both use DiceCE loss. Validation is sliding-window inference over whole volumes with per-class Dice, with the
+no-learning threshold baseline (mo_data.threshold_baseline) on the same volumes beside it.
+synth=True trains on images drawn anew from label maps at every use (SynthSeg-style, mo_transforms.RandSynthd).
 `fit` also runs under torch.distributed (DDP) when a process group is initialised (see mo_ddp.py).
 """
 from __future__ import annotations
@@ -35,18 +37,24 @@ class Config:
     val_every: int = 1
     lr: Optional[float] = None       # None: the recipe's default
     optimizer: Optional[str] = None  # None: the recipe's default ("adam" regular, "sgd" fast)
-    amp: bool = True                 # used only on CUDA
+    amp: Optional[bool] = None       # None: the recipe's default (fp32 regular, AMP fp16 fast); CUDA only
     channels_last: bool = True       # fast recipe on CUDA: NDHWC (channels_last_3d) network and batches
     num_workers: int = 2             # DataLoader workers for the regular recipe
     cache_workers: int = 2
     sw_batch_size: int = 4
     overlap: float = 0.25
     dice_target: float = 0.85        # for "time to target"
+    stop_at_target: bool = False     # stop after the first validation with mean Dice >= dice_target
+    time_budget_s: Optional[float] = None   # stop after the first epoch that ends past this many training seconds
     max_steps_per_epoch: Optional[int] = None
     seed: int = 0
+    synth: bool = False              # train on images synthesised from the items' "gen" label maps
 
     def resolved_optimizer(self) -> str:
         return self.optimizer or ("adam" if self.recipe == "regular" else "sgd")
+
+    def resolved_amp(self) -> bool:
+        return self.amp if self.amp is not None else self.recipe == "fast"
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -60,6 +68,7 @@ class History:
     loss: List[float] = field(default_factory=list)
     val_epochs: List[int] = field(default_factory=list)
     val_dice: List[List[float]] = field(default_factory=list)   # per class (gm, wm)
+    val_baseline: List[float] = field(default_factory=list)     # per class: the threshold rule on the same volumes
     wall: List[float] = field(default_factory=list)             # seconds since start of training at each val
     setup_seconds: float = 0.0                                   # dataset construction (cache fill)
     world_size: int = 1
@@ -67,10 +76,12 @@ class History:
     def mean_dice(self) -> List[float]:
         return [float(np.mean(d)) for d in self.val_dice]
 
-    def time_to_target(self, target: float) -> Optional[float]:
+    def time_to_target(self, target: float, include_setup: bool = False) -> Optional[float]:
+        """Training seconds until the first validation at or above `target` (plus the dataset set-up, e.g.
+        the cache fill, with include_setup); None if never reached. Validation time is included."""
         for t, d in zip(self.wall, self.mean_dice()):
             if d >= target:
-                return t
+                return t + (self.setup_seconds if include_setup else 0.0)
         return None
 
     def epochs_to_target(self, target: float) -> Optional[int]:
@@ -125,17 +136,19 @@ def make_loaders(cfg: Config, train_items: Sequence[dict], val_items: Sequence[d
     import mo_transforms as T
     dist, rank, world = _dist()
     items = list(train_items)
+    if cfg.synth:       # the images are drawn from the label maps: the cached part is "gen" and "label" only
+        items = [{"gen": it["gen"], "label": it["label"]} for it in items]
     if world > 1:   # each rank trains on its own shard of the subjects
         items = partition_dataset(items, num_partitions=world, shuffle=True, seed=cfg.seed, even_divisible=True)[rank]
     if cfg.recipe == "fast":
         tfm = T.train_transforms(cfg.pixdim, cfg.roi, cfg.num_samples,
-                                 device=device if device.startswith("cuda") else None)
+                                 device=device if device.startswith("cuda") else None, synth=cfg.synth)
         tfm.set_random_state(seed=cfg.seed + rank)     # MONAI's random transforms carry their own RNG
         ds = CacheDataset(items, tfm, cache_rate=1.0, num_workers=cfg.cache_workers, progress=False,
                           copy_cache=False)
         loader = ThreadDataLoader(ds, batch_size=cfg.batch_size, shuffle=True, num_workers=0)
     elif cfg.recipe == "regular":
-        tfm = T.train_transforms(cfg.pixdim, cfg.roi, cfg.num_samples, device=None)
+        tfm = T.train_transforms(cfg.pixdim, cfg.roi, cfg.num_samples, device=None, synth=cfg.synth)
         tfm.set_random_state(seed=cfg.seed + rank)     # worker processes are re-seeded from torch's seed
         ds = Dataset(items, tfm)
         loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
@@ -179,11 +192,18 @@ def dice_per_class(pred: torch.Tensor, label: torch.Tensor, num_classes: int = N
     return np.array(out)
 
 
+def baseline_dice(ds) -> np.ndarray:
+    """Mean per-class Dice (gm, wm) of the no-learning threshold rule over a dataset of cached volumes."""
+    import mo_data
+    return np.mean([dice_per_class(torch.from_numpy(mo_data.threshold_baseline(np.asarray(d["image"][0].cpu()))),
+                                   d["label"][0].cpu()) for d in ds], axis=0)
+
+
 def evaluate(net: torch.nn.Module, val_ds, cfg: Config, device: str) -> np.ndarray:
     """Mean per-class Dice (gm, wm) over a validation dataset of cached volumes."""
     scores = []
     for item in val_ds:
-        pred = predict(net, item["image"], cfg.roi, device, cfg.sw_batch_size, cfg.overlap, cfg.amp)
+        pred = predict(net, item["image"], cfg.roi, device, cfg.sw_batch_size, cfg.overlap, cfg.resolved_amp())
         scores.append(dice_per_class(pred, item["label"][0]))
     return np.mean(scores, axis=0)
 
@@ -201,6 +221,8 @@ def fit(cfg: Config, train_items: Sequence[dict], val_items: Sequence[dict], dev
     t0 = time.perf_counter()
     loader, val_ds = make_loaders(cfg, train_items, val_items if rank == 0 else [], device)
     hist = History(setup_seconds=time.perf_counter() - t0, world_size=world)
+    if val_ds is not None:
+        hist.val_baseline = [float(v) for v in baseline_dice(val_ds)]
     net = net if net is not None else make_net(cfg.net, cfg.size, cfg.roi)
     net = net.to(device)
     mem_fmt = (torch.channels_last_3d if cfg.channels_last and cfg.recipe == "fast" and device.startswith("cuda")
@@ -213,7 +235,7 @@ def fit(cfg: Config, train_items: Sequence[dict], val_items: Sequence[dict], dev
     opt = make_optimizer(cfg, net)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    use_amp = cfg.amp and device.startswith("cuda")
+    use_amp = cfg.resolved_amp() and device.startswith("cuda")
     if device.startswith("cuda"):     # the fast recipe lets cuDNN pick the fastest kernels for the fixed patch size
         torch.backends.cudnn.benchmark = cfg.recipe == "fast"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -250,8 +272,14 @@ def fit(cfg: Config, train_items: Sequence[dict], val_items: Sequence[dict], dev
             hist.val_epochs.append(epoch + 1)
             hist.val_dice.append([float(v) for v in d])
             hist.wall.append(time.perf_counter() - train_start)
+        reached = (cfg.stop_at_target and bool(hist.val_dice) and hist.val_epochs[-1] == epoch + 1
+                   and np.mean(hist.val_dice[-1]) >= cfg.dice_target)
+        over = cfg.time_budget_s is not None and time.perf_counter() - train_start > cfg.time_budget_s
+        stop = torch.tensor(int(rank == 0 and (reached or over)), device=device if device.startswith("cuda") else "cpu")
         if world > 1:
-            dist.barrier()
+            dist.broadcast(stop, 0)     # every rank stops after the same epoch
+        if int(stop):
+            break
     if rank == 0 and checkpoint is not None:
         save_checkpoint(net, cfg, checkpoint)
     return net, hist
@@ -280,3 +308,36 @@ def measure_epoch_time(cfg: Config, train_items, device: str, epochs: int = 2) -
     _, h = fit(c, train_items, [], device)
     return {"setup_seconds": h.setup_seconds, "first_epoch_seconds": h.epoch_seconds[0],
             "epoch_seconds": float(np.median(h.epoch_seconds[1:])) if len(h.epoch_seconds) > 1 else h.epoch_seconds[0]}
+
+
+def recipe_differences(regular: Config, fast: Config) -> Dict[str, str]:
+    """What differs between two configs besides the data pipeline, in words (precision, optimiser, layout)."""
+    def describe(c: Config) -> str:
+        return (f"{'AMP (fp16 autocast + GradScaler)' if c.resolved_amp() else 'fp32'}, "
+                f"{c.resolved_optimizer()} lr {c.resolved_lr():g}"
+                + (", channels_last_3d, cudnn.benchmark" if c.recipe == "fast" and c.channels_last else ""))
+    return {"regular": describe(regular), "fast": describe(fast)}
+
+
+def race(cfgs: Dict[str, Config], train_items, val_items, device: str, target: float,
+         max_epochs: int, time_budget_s: Optional[float] = None) -> Dict[str, dict]:
+    """Train each config (in order, one process) until its validation mean GM/WM Dice reaches `target`, or
+    `max_epochs` have run, or (optionally) `time_budget_s` training seconds have passed, validating every
+    epoch. Time to target counts the dataset set-up (cache fill), the training epochs and the validations
+    before the target was reached, as MONAI's fast-training guide measures it (spleen: 13,063 s -> 120 s to
+    Dice 0.94 on an A100). A run that stops short gives `elapsed_s`: a lower bound of its time to target."""
+    out = {}
+    for name, cfg in cfgs.items():
+        c = Config(**{**asdict(cfg), "epochs": max_epochs, "val_every": 1, "dice_target": target,
+                      "stop_at_target": True, "time_budget_s": time_budget_s})
+        torch.manual_seed(c.seed)
+        _, h = fit(c, train_items, val_items, device)
+        ttt = h.time_to_target(target, include_setup=True)
+        out[name] = {"time_to_target_s": ttt, "epochs_to_target": h.epochs_to_target(target),
+                     "stopped_by": "target" if ttt is not None else (
+                         "max_epochs" if len(h.epoch_seconds) >= max_epochs else "time_budget"),
+                     "elapsed_s": h.setup_seconds + (h.wall[-1] if h.wall else 0.0), "setup_s": h.setup_seconds,
+                     "epoch_s": float(np.median(h.epoch_seconds[1:] or h.epoch_seconds)),
+                     "epochs_run": len(h.epoch_seconds), "final_val_dice": h.val_dice[-1],
+                     "val_threshold_baseline": h.val_baseline, "history": asdict(h)}
+    return out

@@ -6,15 +6,21 @@
 The deterministic part comes first so that `CacheDataset` can cache its output (MONAI caches every
 transform up to the first random one). In the "fast" recipe `EnsureTyped(device=cuda)` sits right at the
 boundary, so the random crops and the random affine run on the GPU.
+
+Synthetic training (SynthSeg-style, `synth=True`): the cached volumes are label maps ("gen", the structures
+of mo_data.GEN_LABELS, and "label"), and the first random transform, `RandSynthd`, draws a new image from
+"gen" every time (random intensity per structure, blur, bias field, gamma, noise), on the data's device.
 """
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from monai.transforms import (
-    Activationsd, AsDiscreted, ClassesToIndicesd, Compose, CropForegroundd, EnsureChannelFirstd, EnsureTyped, Invertd,
-    LoadImaged, NormalizeIntensityd, Orientationd, RandAffined, RandCropByLabelClassesd, Spacingd,
+    Activationsd, AsDiscreted, ClassesToIndicesd, Compose, CropForegroundd, DeleteItemsd, EnsureChannelFirstd,
+    EnsureTyped, Invertd, LoadImaged, MapTransform, NormalizeIntensityd, Orientationd, RandAffined,
+    RandCropByLabelClassesd, RandomizableTransform, Spacingd,
 )
 
 KEYS = ("image", "label")
@@ -24,20 +30,67 @@ RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 def deterministic(pixdim: float, keys: Sequence[str] = KEYS, margin: int = 4, reader=None) -> list:
     """The part of the pipeline that gives the same output every epoch (cacheable). `reader`: LoadImaged's
-    image reader (default: chosen by file type)."""
-    has_label = "label" in keys
+    image reader (default: chosen by file type). Keys other than "image" are label maps (nearest-neighbour
+    resampling, uint8); without an "image" the foreground crop follows "gen" (synthetic training)."""
+    keys = list(keys)
+    labels = [k for k in keys if k != "image"]
     out = [
-        LoadImaged(keys=list(keys), image_only=False, reader=reader),
-        EnsureChannelFirstd(keys=list(keys)),
-        Orientationd(keys=list(keys), axcodes="RAS", labels=RAS_LABELS),
-        Spacingd(keys=list(keys), pixdim=(pixdim,) * 3,
-                 mode=("bilinear", "nearest") if has_label else ("bilinear",)),
-        NormalizeIntensityd(keys="image", nonzero=True),
-        CropForegroundd(keys=list(keys), source_key="image", margin=margin, allow_smaller=True),
+        LoadImaged(keys=keys, image_only=False, reader=reader),
+        EnsureChannelFirstd(keys=keys),
+        Orientationd(keys=keys, axcodes="RAS", labels=RAS_LABELS),
+        Spacingd(keys=keys, pixdim=(pixdim,) * 3, mode=tuple("bilinear" if k == "image" else "nearest" for k in keys)),
     ]
-    if has_label:
-        out.append(EnsureTyped(keys="label", dtype=torch.uint8))
+    if "image" in keys:
+        out.append(NormalizeIntensityd(keys="image", nonzero=True))
+    out.append(CropForegroundd(keys=keys, source_key="image" if "image" in keys else "gen", margin=margin,
+                               allow_smaller=True))
+    if labels:
+        out.append(EnsureTyped(keys=labels, dtype=torch.uint8))
     return out
+
+
+def synthesize(gen: torch.Tensor, R: np.random.RandomState, g: Optional[torch.Generator] = None) -> torch.Tensor:
+    """One SynthSeg-style image (float32, channel-first like `gen`) from a map of generation labels.
+
+    Per structure a random mean intensity (0..1; air 0 half of the time) and spread; then a random Gaussian
+    blur per axis (0-1.5 voxels: lower resolution, partial volume), a smooth multiplicative bias field,
+    min-max scaling, a random gamma and Gaussian noise. Parameters come from R (numpy); voxel noise from
+    `g` (a torch.Generator on gen's device), so it runs where the data is (the GPU in the fast recipe)."""
+    import torch.nn.functional as F
+    from monai.networks.layers import GaussianFilter
+    dev = gen.device
+    n = int(gen.max()) + 1
+    mean = torch.as_tensor(R.uniform(0.0, 1.0, n), dtype=torch.float32, device=dev)
+    std = torch.as_tensor(R.uniform(0.0, 0.08, n), dtype=torch.float32, device=dev)
+    if R.rand() < 0.5:
+        mean[0], std[0] = 0.0, 0.0
+    idx = gen.long()
+    x = mean[idx] + std[idx] * torch.randn(gen.shape, generator=g, device=dev)
+    sigma = [float(v) for v in R.uniform(0.0, 1.5, 3)]
+    if max(sigma) > 0.1:
+        x = GaussianFilter(3, [max(v, 1e-3) for v in sigma]).to(dev)(x[None])[0]
+    coarse = torch.randn((1, 1, 4, 4, 4), generator=g, device=dev) * float(R.uniform(0.0, 0.3))
+    x = x * torch.exp(F.interpolate(coarse, size=tuple(gen.shape[1:]), mode="trilinear", align_corners=True))[0]
+    x = (x - x.min()) / (x.max() - x.min() + 1e-6)
+    x = x ** float(np.exp(R.normal(0.0, 0.25)))
+    x = x + float(R.uniform(0.0, 0.05)) * torch.randn(gen.shape, generator=g, device=dev)
+    return x.clamp_min(0.0).to(torch.float32)
+
+
+class RandSynthd(RandomizableTransform, MapTransform):
+    """Draw a new "image" from the generation label map "gen" (see `synthesize`) every call."""
+
+    def __init__(self, gen_key: str = "gen", image_key: str = "image"):
+        RandomizableTransform.__init__(self, prob=1.0)
+        MapTransform.__init__(self, [gen_key])
+        self.gen_key, self.image_key = gen_key, image_key
+
+    def __call__(self, data):
+        d = dict(data)
+        gen = torch.as_tensor(d[self.gen_key])
+        g = torch.Generator(device=gen.device).manual_seed(int(self.R.randint(1 << 31)))
+        d[self.image_key] = synthesize(gen, self.R, g)
+        return d
 
 
 def class_indices(num_classes: int = 3) -> list:
@@ -67,11 +120,14 @@ def random_part(roi: int, num_samples: int, num_classes: int = 3, ratios: Option
 
 
 def train_transforms(pixdim: float, roi: int, num_samples: int, device: Optional[str] = None,
-                     num_classes: int = 3) -> Compose:
-    """Training pipeline. device='cuda' moves data to the GPU before the random transforms (fast recipe)."""
-    to_device = [EnsureTyped(keys=list(KEYS), device=torch.device(device), track_meta=False)] if device else [
-        EnsureTyped(keys=list(KEYS), track_meta=False)]
-    return Compose(deterministic(pixdim) + class_indices(num_classes) + to_device
+                     num_classes: int = 3, synth: bool = False) -> Compose:
+    """Training pipeline. device='cuda' moves data to the GPU before the random transforms (fast recipe).
+    synth=True: items are {"gen", "label"} and every use draws a new image from "gen" (RandSynthd)."""
+    keys = ["label", "gen"] if synth else list(KEYS)
+    dev = {"device": torch.device(device)} if device else {}
+    to_device = [EnsureTyped(keys=keys, track_meta=False, **dev)]
+    make_image = [RandSynthd(), NormalizeIntensityd(keys="image", nonzero=True), DeleteItemsd(keys="gen")] if synth else []
+    return Compose(deterministic(pixdim, keys=keys) + class_indices(num_classes) + to_device + make_image
                    + random_part(roi, num_samples, num_classes, device=device))
 
 

@@ -19,3 +19,9 @@ def small_template():
 def subjects(small_template, tmp_path_factory):
     import mo_data
     return mo_data.write_subjects(small_template, tmp_path_factory.mktemp("subjects"), 4, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synth_subjects(small_template, tmp_path_factory):
+    import mo_data
+    return mo_data.write_subjects(small_template, tmp_path_factory.mktemp("synth"), 3, seed=0, kind="synth")

@@ -110,7 +110,7 @@ def test_main_refuses_mr_small_and_writes_nothing(tmp_path, capsys):
     rc = mo_deploy_app.main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "model.ts")])
     err = capsys.readouterr().err
     assert rc == 2 and not (tmp_path / "out").exists()
-    assert err.startswith("ERROR (bad input): MR series") and "has 1 slice(s)" in err
+    assert err.startswith("ERROR (bad input): an MR series has 1 slice(s)"), err
 
 
 def test_main_exits_2_and_writes_nothing_on_bad_input(tmp_path):

@@ -53,3 +53,35 @@ def test_dicom_and_nifti_samples_read_through_monai():
     assert tuple(d["MR_small"].shape) == (1, 64, 64)
     assert float(d["CT_small"].std()) > 0
     assert tuple(mo_data.read_nibabel_sample().shape) == (33, 41, 25)
+
+
+def test_synthetic_subjects_are_drawn_from_label_maps_with_shells(small_template, synth_subjects):
+    import nibabel as nib
+    import torch
+    import mo_transforms
+    it = synth_subjects[0]
+    gen, lab = (np.asarray(nib.load(it[k]).dataobj) for k in ("gen", "label"))
+    assert set(np.unique(gen)) <= set(mo_data.GEN_LABELS) and {1, 2, 3}.issubset(set(np.unique(gen)))
+    assert np.array_equal(lab, np.where(gen <= 2, gen, 0))          # the target keeps GM and WM only
+    # padded for the shells: the synthetic volume is larger than the template crop
+    assert gen.shape[0] > small_template.t1.shape[0]
+    with_shells = [np.isin(np.asarray(nib.load(s["gen"]).dataobj), (5, 6)).any() for s in synth_subjects]
+    assert any(with_shells)
+    draws = [mo_transforms.synthesize(torch.from_numpy(gen)[None], np.random.RandomState(s),
+                                      torch.Generator().manual_seed(s))[0].numpy() for s in (0, 1)]
+    means = [[float(d[gen == k].mean()) for k in (1, 2, 3)] for d in draws]
+    assert means[0] != pytest.approx(means[1], abs=0.02)               # a new contrast every draw
+    assert all(d.shape == gen.shape and d.min() >= 0 for d in draws)
+
+
+def test_threshold_baseline_on_the_real_t1_is_strong_but_not_perfect(small_template):
+    import torch
+    import mo_train
+    lab = mo_data.tissue_labels(small_template.gm, small_template.wm)
+    base = mo_data.threshold_baseline(small_template.t1)
+    d = mo_train.dice_per_class(torch.from_numpy(base), torch.from_numpy(lab))
+    assert (d > 0.6).all() and (d < 0.98).all()
+    # a threshold rule knows contrast only: inverted contrast turns it upside down
+    inv = np.where(small_template.t1 > 0, 1.0 - small_template.t1, 0.0)
+    d_inv = mo_train.dice_per_class(torch.from_numpy(mo_data.threshold_baseline(inv)), torch.from_numpy(lab))
+    assert d_inv[1] < 0.2

@@ -53,6 +53,8 @@ def test_server_info_infer_label_and_bad_requests(subjects, tmp_path):
                  "form field 'params' is not valid JSON")
         _refused(requests.post(f"{u}/infer/tissue", params={"image": sid}, json={"device": "cpu"}), 400,
                  "not a JSON body")
+        _refused(requests.post(f"{u}/infer/tissue", params={"image": sid}, files={"params": ("p.json", b"{}")}), 400,
+                 "form field 'params' must be text")
         _refused(requests.post(f"{u}/train/tissue", data="{max_epochs: 2", headers={"content-type": "application/json"}),
                  400, "the JSON body is not valid JSON")
         _refused(requests.post(f"{u}/train/tissue", json={"epochs": 2}), 400, "unknown training setting 'epochs'")

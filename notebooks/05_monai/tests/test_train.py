@@ -48,11 +48,38 @@ def test_history_targets():
     assert h.time_to_target(0.5) == 1.0 and h.epochs_to_target(0.8) == 4 and h.time_to_target(0.95) is None
 
 
-def test_ddp_launch_single_process(subjects, tmp_path):
+def test_ddp_one_and_two_processes_same_global_batch(synth_subjects, tmp_path):
     import mo_ddp
-    cfg = mo_train.Config(recipe="fast", pixdim=6.0, roi=16, num_samples=2, epochs=1, val_every=1, cache_workers=1)
-    hist, ckpt, log = mo_ddp.launch(cfg, subjects[:2], subjects[2:3], tmp_path, nproc=1, timeout=300)
-    assert hist.world_size == 1 and len(hist.val_dice) == 1 and ckpt.exists()
+    cfg = mo_train.Config(recipe="fast", pixdim=6.0, roi=16, num_samples=2, epochs=2, val_every=2, cache_workers=1,
+                          synth=True)
+    res = mo_ddp.compare_world_sizes(cfg, synth_subjects[:2], synth_subjects[2:], tmp_path, nprocs=(1, 2),
+                                     global_batch=2, timeout=300)
+    assert [r["world_size"] for r in res["runs"].values()] == [1, 2]
+    assert [r["per_process_batch"] for r in res["runs"].values()] == [2, 1]
+    assert all(len(r["epoch_seconds"]) == 2 and len(r["val_dice"]) == 2 for r in res["runs"].values())
+    assert res["epoch_speedup"] > 0 and 0 <= res["val_mean_dice_difference"] <= 1
+    assert (tmp_path / "np2" / "checkpoint.pt").exists()
+    with pytest.raises(ValueError, match="does not split"):
+        mo_ddp.compare_world_sizes(cfg, synth_subjects[:2], [], tmp_path, nprocs=(2,), global_batch=3)
+
+
+def test_race_stops_at_the_target_and_counts_the_cache_fill(synth_subjects):
+    cfg = mo_train.Config(recipe="fast", pixdim=6.0, roi=16, num_samples=2, cache_workers=1, synth=True)
+    res = mo_train.race({"easy": cfg}, synth_subjects[:2], synth_subjects[2:], "cpu",
+                        target=0.0, max_epochs=2)
+    easy = res["easy"]
+    assert easy["epochs_run"] == 1 and easy["epochs_to_target"] == 1
+    h = mo_train.History(**easy["history"])
+    assert easy["time_to_target_s"] == pytest.approx(h.wall[0] + h.setup_seconds)
+    assert len(easy["val_threshold_baseline"]) == 2
+    never = mo_train.race({"x": cfg}, synth_subjects[:2], synth_subjects[2:], "cpu", target=1.01, max_epochs=2)["x"]
+    assert never["epochs_run"] == 2 and never["time_to_target_s"] is None and never["stopped_by"] == "max_epochs"
+    assert never["elapsed_s"] >= never["setup_s"] + sum(never["history"]["epoch_seconds"])
+    short = mo_train.race({"x": cfg}, synth_subjects[:2], synth_subjects[2:], "cpu", target=1.01, max_epochs=5,
+                          time_budget_s=0.0)["x"]
+    assert short["epochs_run"] == 1 and short["stopped_by"] == "time_budget"
+    assert mo_train.recipe_differences(mo_train.Config(recipe="regular"), cfg) == {
+        "regular": "fp32, adam lr 0.001", "fast": "AMP (fp16 autocast + GradScaler), sgd lr 0.1, channels_last_3d, cudnn.benchmark"}
 
 
 @pytest.mark.parametrize("case, words", [

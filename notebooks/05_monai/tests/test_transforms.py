@@ -23,3 +23,15 @@ def test_deterministic_part_orients_resamples_and_crops(subjects):
     assert names[:first_random] == ["LoadImaged", "EnsureChannelFirstd", "Orientationd", "Spacingd",
                                     "NormalizeIntensityd", "CropForegroundd", "EnsureTyped", "ClassesToIndicesd",
                                     "EnsureTyped"]
+
+
+def test_synthetic_training_pipeline_draws_a_new_image_every_time(synth_subjects):
+    tf = mo_transforms.train_transforms(6.0, 16, 2, synth=True)
+    names = [n for n, _ in mo_transforms.describe(tf)]
+    assert names.index("RandSynthd") < names.index("RandCropByLabelClassesd")
+    item = {k: synth_subjects[0][k] for k in ("gen", "label")}
+    tf.set_random_state(seed=0)
+    a = tf(item)
+    b = tf(item)
+    assert len(a) == 2 and set(a[0]) >= {"image", "label"} and "gen" not in a[0]
+    assert tuple(a[0]["image"].shape) == (1, 16, 16, 16) and not torch.equal(a[0]["image"], b[0]["image"])

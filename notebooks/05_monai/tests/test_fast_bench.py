@@ -1,0 +1,35 @@
+"""mo_fast_bench.py's time-to-Dice mode at CPU size: both recipes in one run, the JSON the GPU run will write."""
+import json
+
+import pytest
+
+import mo_fast_bench
+
+
+def test_time_to_dice_mode_writes_both_recipes_and_the_speedup(tmp_path):
+    out = tmp_path / "ttd.json"
+    assert mo_fast_bench.main(["--mode", "time_to_dice", "--tiny", "--target", "0.0", "--max-epochs", "2",
+                               "--n-train", "2", "--data-root", str(tmp_path / "data"), "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["machine"]["cpu_count"] > 0 and r["device"] == "cpu"
+    assert set(r["results"]) == {"regular", "fast"} and set(r["recipes"]) == {"regular", "fast"}
+    for x in r["results"].values():     # target 0.0: reached at the first validation, cache fill included
+        assert x["epochs_run"] == 1 and x["stopped_by"] == "target" and x["time_to_target_s"] >= x["setup_s"]
+    expect = r["results"]["regular"]["time_to_target_s"] / r["results"]["fast"]["time_to_target_s"]
+    assert r["fast_vs_regular_time_to_dice_speedup"] == expect
+    assert r["config"]["fast"]["synth"] and r["config"]["regular"]["recipe"] == "regular"
+
+    # the same measurement split over two commands (one recipe each) merges into one result
+    parts = []
+    for rec in ("fast", "regular"):
+        part = {**r, "results": {rec: r["results"][rec]}, "config": {rec: r["config"][rec]}}
+        parts.append(tmp_path / f"{rec}.json")
+        parts[-1].write_text(json.dumps(part))
+    merged = tmp_path / "merged.json"
+    assert mo_fast_bench.main(["--mode", "merge", "--inputs", *map(str, parts), "--out", str(merged)]) == 0
+    assert json.loads(merged.read_text())["fast_vs_regular_time_to_dice_speedup"] == expect
+    other = json.loads(parts[1].read_text())
+    other["target_val_mean_dice_gm_wm"] = 0.5
+    parts[1].write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="cannot merge"):
+        mo_fast_bench.main(["--mode", "merge", "--inputs", *map(str, parts), "--out", str(merged)])
