@@ -112,41 +112,45 @@ class Stage:
         return time.perf_counter() - self.t0
 
     def _history(self) -> List[tuple]:
-        """(work, seconds) of every stored piece: the budget's cost model, also across commands."""
+        """(work, seconds, kind) of every stored piece: the budget's cost model, also across commands."""
         out = list(self.done)
         if self.folder:
             for p in self.folder.glob("*.json"):
                 d = json.loads(p.read_text())
                 if "work" in d and p.stem not in self.computed:
-                    out.append((d["work"], d["seconds"]))
+                    out.append((d["work"], d["seconds"], d.get("kind", "")))
         return out
 
-    def estimate(self, work: float) -> float:
-        """Seconds for a piece of `work` units: c + r * work, c = the cheapest piece seen (compilation
-        and fixed costs), r = the largest seconds-per-unit seen beyond c (conservative); 0 if none seen."""
+    def estimate(self, work: float, kind: str = "") -> float:
+        """Seconds for a piece of `work` units: c + r * work, c = the cheapest piece seen (compilation and
+        fixed costs), r = the largest seconds-per-unit beyond c among pieces of the same kind (optimizer),
+        or twice the largest of any kind for a kind not seen yet (conservative); 0 if nothing was seen."""
         hist = self._history()
         if not hist:
             return 0.0
-        c = min(s for _, s in hist)
-        r = max(max(s - c, 0.0) / max(w, 1e-9) for w, s in hist)
-        return c + r * work
+        c = min(s for _, s, _ in hist)
+        rate = lambda hs: max(max(s - c, 0.0) / max(w, 1e-9) for w, s, _ in hs)   # noqa: E731
+        same = [h for h in hist if h[2] == kind]
+        return c + (rate(same) if same else 2.0 * rate(hist)) * work
 
-    def piece(self, name: str, compute: Callable[[], dict], work: float = 1.0) -> Optional[dict]:
+    def piece(self, name: str, compute: Callable[[], dict], work: float = 1.0, kind: str = "") -> Optional[dict]:
         """Load piece `name`, or compute it (if the budget allows) and store it. None if skipped."""
         if self.has(name):
             return json.loads(self.path(name).read_text())
         if self.budget_s is not None:
-            guess = self.estimate(work)
+            guess = self.estimate(work, kind)
             left = self.budget_s - self.elapsed()
             if guess > left:
                 self.skipped.append(name)
                 self.log(f"skip {name}: expected {guess:.0f} s, {left:.0f} s of budget left")
                 return None
+        if self.budget_s is not None:
+            self.log(f"start {name} (expected {guess:.0f} s)")
         t0 = time.perf_counter()
         result = compute()
         result["seconds"] = time.perf_counter() - t0
-        result["work"] = float(work)
-        self.done.append((float(work), result["seconds"]))
+        result["work"], result["kind"] = float(work), kind
+        self.done.append((float(work), result["seconds"], kind))
         if self.folder:
             from labkit.paths import atomic_write_text
             atomic_write_text(self.path(name), json.dumps(result))
@@ -203,7 +207,7 @@ class Experiment:
         """All runs of `name` at seed 0: its grid, extended while the best LR sits at an edge."""
         lrs = list(self.cfg.grids[name])
         piece = self.stage.piece(f"grid_{key(name)}_s{self.seed}",
-                                 lambda: self._grid(name, lrs, [self.seed] * len(lrs)), self.work(name, len(lrs)))
+                                 lambda: self._grid(name, lrs, [self.seed] * len(lrs)), self.work(name, len(lrs)), key(name))
         if piece is None:
             return None
         runs = [Run.from_dict(d) for d in piece["runs"]]
@@ -213,7 +217,8 @@ class Experiment:
             if not more:
                 break
             ext = self.stage.piece(f"grid_{key(name)}_s{self.seed}_ext{k}",
-                                   lambda: self._grid(name, more, [self.seed] * len(more)), self.work(name, len(more)))
+                                   lambda: self._grid(name, more, [self.seed] * len(more)), self.work(name, len(more)),
+                                   key(name))
             if ext is None:
                 return None
             runs += [Run.from_dict(d) for d in ext["runs"]]
@@ -239,7 +244,7 @@ class Experiment:
         """`name` at `lr` for the extra seeds (new initialisation and data order each)."""
         seeds = list(self.cfg.extra_seeds)
         piece = self.stage.piece(f"seeds_{key(name)}_lr{lr:g}",
-                                 lambda: self._grid(name, [lr] * len(seeds), seeds), self.work(name, len(seeds)))
+                                 lambda: self._grid(name, [lr] * len(seeds), seeds), self.work(name, len(seeds)), key(name))
         return None if piece is None else [Run.from_dict(d) for d in piece["runs"]]
 
     def timing(self, name: str, lr: float) -> Optional[dict]:
@@ -248,7 +253,7 @@ class Experiment:
             opt, runner = self.optimizer(name, self.seed)
             return lp_train.time_epochs(opt, self.cfg.acts, self.images, lr, self.init(self.seed), self.orders(self.seed),
                                         self.cfg.num_epochs, self.cfg.warmup, self.cfg.time_epochs, runner=runner)
-        return self.stage.piece(f"time_{key(name)}", compute, self.work(name, 1, self.cfg.time_epochs + 1))
+        return self.stage.piece(f"time_{key(name)}", compute, self.work(name, 1, self.cfg.time_epochs + 1), key(name))
 
     def probe(self, lr: float) -> Optional[dict]:
         """LocoProp-M at `lr` with the cosine probe (lp_analysis)."""
@@ -259,7 +264,7 @@ class Experiment:
             return lp_analysis.probe_run(opt, self.cfg.acts, self.images, lr, self.init(self.seed),
                                          self.orders(self.seed), self.cfg.num_epochs, self.cfg.warmup,
                                          self.cfg.probe_layer, self.cfg.probe_every, seed=self.seed, runner=runner)
-        return self.stage.piece(f"probe_locoprop_m_lr{lr:g}", compute, self.work("LocoProp-M", 1) * 1.5)
+        return self.stage.piece(f"probe_locoprop_m_lr{lr:g}", compute, self.work("LocoProp-M", 1) * 1.5, "locoprop_m")
 
     def pieces_left(self) -> int:
         """How many pieces the stage folder still lacks (a lower bound while some grids are missing)."""

@@ -114,9 +114,9 @@ def test_stage_caches_pieces_and_respects_the_budget(tmp_path):
     assert stage.piece("a", lambda: calls.append(1) or {"x": 2}, work=10)["x"] == 1     # loaded, not recomputed
     assert calls == [1] and json.loads((tmp_path / "a.json").read_text())["work"] == 10
     fresh = E.Stage(tmp_path, budget_s=100.0, log=lambda m: None)      # a later command: history from the files
-    fresh.done.append((10.0, 50.0))
-    assert fresh.estimate(100.0) > 100.0
-    assert fresh.piece("b", lambda: {"x": 3}, work=100.0) is None and fresh.skipped == ["b"]
+    fresh.done.append((10.0, 50.0, "k"))
+    assert fresh.estimate(100.0, "k") > 100.0 and fresh.estimate(100.0, "new") > fresh.estimate(100.0, "k")
+    assert fresh.piece("b", lambda: {"x": 3}, work=100.0, kind="k") is None and fresh.skipped == ["b"]
 
 
 def test_experiment_end_to_end_tiny(tmp_path):
