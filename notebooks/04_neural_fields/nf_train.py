@@ -238,27 +238,43 @@ def fit_nerf(pipeline, train: MultiViewDataset, test: MultiViewDataset, max_step
     host-device synchronization per step). max_samples=M uses a fixed buffer of M samples per step
     (Instant-NGP's fixed sample budget): nothing in a step waits for the GPU, shapes are fixed, and with
     compile=True the loss (sampling, field, compositing) and its backward run as torch.compile'd code.
-    Compilation happens in a warm-up call before the clock starts (reported as compile_seconds; the
-    warm-up changes no parameter). The occupancy grid is refreshed without synchronizing."""
+    Compilation happens in a warm-up call before the clock starts (reported as compile_seconds); then
+    five forward+backward passes of each version (after an untimed one) are timed on one batch
+    (trial_step_ms) and the faster version trains. None of this changes a parameter. The occupancy
+    grid is refreshed without synchronizing."""
     dev = train.images.device
     o, d, c = train.rays()
     field, tracer = pipeline.field, pipeline.tracer
     opt = make_optimizer(field, lr, fused=(dev.type == "cuda"))
     base = [g["lr"] for g in opt.param_groups]
     loss_fn = lambda oo, dd, cc: nerf_loss(pipeline, oo, dd, cc, max_samples)
-    compile_seconds, compiled = 0.0, False
+    compile_seconds, compiled, trial_ms = 0.0, False, {}
     if compile:
         t0 = time.perf_counter()
+        idx = torch.randint(0, o.shape[0], (batch_rays,), device=dev)
         try:
             compiled_fn = torch.compile(loss_fn)
-            idx = torch.randint(0, o.shape[0], (batch_rays,), device=dev)
             compiled_fn(o[idx], d[idx], c[idx])[0].backward()    # compiles forward and backward
-            loss_fn, compiled = compiled_fn, True
         except Exception as exc:  # say so and train eager: a missing compiler must not lose the run
             print(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); training eager")
+            compile_seconds = time.perf_counter() - t0
+        else:
+            sync(dev)
+            compile_seconds = time.perf_counter() - t0
+            for name, fn in (("compiled", compiled_fn), ("eager", loss_fn)):   # a short trial, no update
+                fn(o[idx], d[idx], c[idx])[0].backward()            # untimed: first calls may still set up
+                sync(dev)
+                t1 = time.perf_counter()
+                for _ in range(5):
+                    fn(o[idx], d[idx], c[idx])[0].backward()
+                sync(dev)
+                trial_ms[name] = (time.perf_counter() - t1) / 5 * 1e3
+            if trial_ms["compiled"] <= trial_ms["eager"]:
+                loss_fn, compiled = compiled_fn, True
+            else:
+                print(f"the compiled step ({trial_ms['compiled']:.1f} ms) is slower than the eager one "
+                      f"({trial_ms['eager']:.1f} ms) here; training eager")
         opt.zero_grad(set_to_none=True)
-        sync(dev)
-        compile_seconds = time.perf_counter() - t0
     clock = TrainClock(dev)
     hist = {"seconds": [], "steps": [], "psnr": [], "occupied": [], "samples_per_ray": [], "rays": []}
     bar = _bar(max_steps, desc, show_progress)
@@ -303,6 +319,7 @@ def fit_nerf(pipeline, train: MultiViewDataset, test: MultiViewDataset, max_step
     if bar is not None:
         bar.close()
     hist.update(train_seconds=total, steps_done=step, compile_seconds=compile_seconds, compiled=compiled,
+                trial_step_ms=trial_ms,
                 samples_per_ray_final=(float(samples_sum) - last[0]) / max(rays_drawn - last[1], 1)
                 if rays_drawn > last[1] else (hist["samples_per_ray"] or [0.0])[-1], rays_used=float(rays_used),
                 steps_per_s=step / max(total, 1e-9), rays_per_s=float(rays_used) / max(total, 1e-9),
