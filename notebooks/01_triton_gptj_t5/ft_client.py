@@ -254,18 +254,41 @@ def _model_time(c, model: str):
     return s["compute_input"]["ns"] + s["compute_infer"]["ns"] + s["compute_output"]["ns"], s["success"]["count"]
 
 
+def _settled_model_time(c, model: str, expect: Optional[int] = None, timeout: float = 30.0, quiet: float = 0.5):
+    """The model's (compute ns, success count) once its statistics cover every request answered so far.
+
+    The python backend sends a request's response before it reports the request's statistics (python_backend
+    src/python_be.cc, ProcessRequests: InferResponse::Send in the loop; PbMetricReporter reports in its
+    destructor, when ProcessRequests returns), so a client that has its answer can read a count without it.
+    With `expect`, wait for that count (more means other clients used the model: an error); without it,
+    wait until the count has not changed for `quiet` seconds."""
+    deadline, last, since = time.monotonic() + timeout, None, time.monotonic()
+    while True:
+        ns, n = _model_time(c, model)
+        if expect is not None and n > expect:
+            raise RuntimeError(f"{model} served {n - expect} request(s) from another client during the measurement")
+        if n == expect or (expect is None and n == last and time.monotonic() - since >= quiet):
+            return ns, n
+        if n != last:
+            last, since = n, time.monotonic()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{model}'s statistics count {n} requests, {expect} expected, after {timeout:g} s")
+        time.sleep(0.01)
+
+
 def served_overhead(c, protocol: str, prompt: Sequence[int], output_len: int, repeat: int = 7) -> dict:
     """Triton's own cost per request: the client's latency minus the time the server spent inside the
     model (its compute_input + compute_infer + compute_output statistics over exactly these requests)."""
+    _, n = _settled_model_time(c, "gptj")
     gptj_ids(c, protocol, [prompt], output_len)  # warm
-    ns0, n0 = _model_time(c, "gptj")
+    ns0, n0 = _settled_model_time(c, "gptj", n + 1)
     lat = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         gptj_ids(c, protocol, [prompt], output_len)
         lat.append(time.perf_counter() - t0)
-    ns1, n1 = _model_time(c, "gptj")
+    ns1, n1 = _settled_model_time(c, "gptj", n0 + repeat)
     client_ms = float(np.mean(lat)) * 1e3
-    model_ms = (ns1 - ns0) / max(n1 - n0, 1) / 1e6
+    model_ms = (ns1 - ns0) / repeat / 1e6
     return {"client_ms": client_ms, "model_ms": model_ms, "overhead_ms": client_ms - model_ms,
-            "overhead_fraction": (client_ms - model_ms) / model_ms}
+            "overhead_fraction": (client_ms - model_ms) / model_ms, "requests": repeat}

@@ -24,7 +24,6 @@ On a host with two GPUs (NVLink multicast kept off):
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
@@ -41,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ft_bench  # noqa: E402
 import ft_convert  # noqa: E402
 import ft_runtime_gptj  # noqa: E402
-from ft_runtime_common import DTYPES, TP, free_port  # noqa: E402
+from ft_runtime_common import DTYPES, TP, join_group, loopback_store  # noqa: E402
 from labkit.paths import atomic_write_text  # noqa: E402
 
 # NVLink multicast (NVLS / symmetric-memory multicast) stays off: set for this process and every rank
@@ -123,8 +122,7 @@ def _rank_main(rank: int, world: int, port: int, cfg: dict, result_path: str) ->
         torch.set_num_threads(1)
     sync = (lambda: torch.cuda.synchronize(dev)) if cuda else (lambda: None)
     kw = {"device_id": dev} if cuda else {}
-    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world, timeout=datetime.timedelta(seconds=cfg["pg_timeout_s"]), **kw)
+    join_group("nccl" if cuda else "gloo", port, rank, world, cfg["pg_timeout_s"], **kw)
     try:
         t0 = time.perf_counter()
         big = build_model(cfg["arch"], dtype, dev, cfg["seed"])
@@ -259,7 +257,7 @@ def run(arch: str = "gptj-6b", device: str = "cuda", dtype: str = "fp16", world:
     tmpdir = tempfile.mkdtemp(prefix="tp_bench_")
     result_path = os.path.join(tmpdir, "rank0.json")
     ctx = mp.get_context("spawn")
-    port = free_port()
+    store, port = loopback_store(time_limit)   # this process hosts the rendezvous, on 127.0.0.1 only
     t0 = time.perf_counter()
     procs = [ctx.Process(target=_rank_main, args=(r, world, port, cfg, result_path), daemon=True) for r in range(world)]
     for p in procs:

@@ -296,11 +296,8 @@ that dies, or a call that takes longer than rank_timeout_s, stops all ranks and 
 server's watchdog then reloads the model) instead of hanging.
 """
 import configparser
-import contextlib
-import datetime
 import json
 import os
-import socket
 import sys
 import threading
 import time
@@ -312,36 +309,11 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 import ft_gemm
-import ft_runtime_common
-from ft_runtime_common import TPEngine
+from ft_runtime_common import RankFailure, TPEngine
 from ft_serving import BadRequest, Unavailable, error_response, in_range, one_value
 
 KIND = "{kind}"
 MAX_TOP_K = 1024   # FT's TopKSamplingLayer supports top_k up to 1024 (it clips larger values; we refuse them)
-
-
-@contextlib.contextmanager
-def loopback_rendezvous():
-    """PyTorch's TCPStore server listens on every interface whatever host it is given (torch 2.13), and
-    TPEngine's rank 0 would host it. Here this process hosts the store on a socket bound to 127.0.0.1
-    (TCPStore's master_listen_fd) and the ranks join as clients: TORCHELASTIC_USE_AGENT_STORE=True makes
-    torch.distributed.rendezvous._create_c10d_store return a client on every rank, at the port TPEngine
-    hands them (its free_port, pointed at ours while the ranks start)."""
-    import torch.distributed as dist
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    store = dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False,
-                          master_listen_fd=sock.fileno(), timeout=datetime.timedelta(seconds=300))
-    saved = ft_runtime_common.free_port
-    ft_runtime_common.free_port = lambda: port
-    os.environ["TORCHELASTIC_USE_AGENT_STORE"] = "True"
-    try:
-        yield store, sock
-    finally:
-        ft_runtime_common.free_port = saved
-        os.environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)
 
 
 class TritonPythonModel:
@@ -375,8 +347,8 @@ class TritonPythonModel:
             from ft_runtime_common import TP
             self.rt, self.engine = fac(0, 1, TP()), None
         else:
-            with loopback_rendezvous() as self._store:
-                self.rt, self.engine = None, TPEngine(fac, self.tp, device=device)
+            # the engine hosts the ranks' rendezvous in this process, on 127.0.0.1 only (ft_runtime_common.loopback_store)
+            self.rt, self.engine = None, TPEngine(fac, self.tp, device=device)
         if p.get("warmup", "0") == "1":  # compile + capture the batch-1 decode step before the server is READY
             self._call("generate", input_ids=[[1, 2, 3, 4]], max_new_tokens=2)
 
@@ -421,7 +393,9 @@ class TritonPythonModel:
             if worker.is_alive() and time.monotonic() > deadline:
                 self._fail(f"the tensor-parallel ranks did not finish {{method}} within rank_timeout_s={{self.rank_timeout:g}}", worker)
         if "exc" in box:
-            if self._dead_ranks() or isinstance(box["exc"], (EOFError, OSError)):
+            if isinstance(box["exc"], RankFailure):   # a rank died or a collective failed: one line, names the rank
+                self._fail(str(box["exc"]))
+            if self._dead_ranks():
                 self._fail(f"lost a tensor-parallel rank during {{method}} ({{type(box['exc']).__name__}}; "
                            f"exited: {{self._dead_ranks()}})")
             raise box["exc"]
@@ -620,7 +594,7 @@ def server_env(threads: int = 1) -> dict:
     Python needs its own libpython), this venv's bin/ first on PATH (the stub runs the python3 it finds).
     $TRITON_PYTHON_BIN names another bin/ folder for the stub's python3: a venv of the same Python version
     with numpy < 2 (the bundled python backend breaks with numpy 2) where this one has numpy 2.
-    The tensor-parallel ranks talk over loopback only (gloo's and NCCL's sockets), unless set otherwise."""
+    (The tensor-parallel ranks keep to loopback by themselves: ft_runtime_common.join_group.)"""
     env = dict(os.environ)
     libs = [str(pytriton_dir().parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
     env["LD_LIBRARY_PATH"] = ":".join([p for p in libs if p] + [env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
@@ -628,8 +602,6 @@ def server_env(threads: int = 1) -> dict:
     env["PATH"] = stub_bin + os.pathsep + env.get("PATH", "")
     env["HF_HUB_OFFLINE"] = "1"
     env["OMP_NUM_THREADS"] = str(threads)
-    env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    env.setdefault("NCCL_SOCKET_IFNAME", "lo")
     env.pop("PYTHONPATH", None)
     return env
 

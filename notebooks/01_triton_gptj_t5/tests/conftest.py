@@ -13,6 +13,21 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def listening(pids):
+    """(pid, ip, port) of every TCP socket listening in these processes (what `ss -ltnp` shows for them)."""
+    import psutil
+    out = []
+    for pid in pids:
+        try:
+            out += [(pid, c.laddr.ip, c.laddr.port) for c in psutil.Process(pid).net_connections("inet")
+                    if c.status == psutil.CONN_LISTEN]
+        except psutil.Error:   # exited meanwhile
+            pass
+    return out
+
 
 @pytest.fixture(scope="session")
 def gptj_model():

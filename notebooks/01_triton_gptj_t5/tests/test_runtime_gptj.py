@@ -1,11 +1,16 @@
 """The GPT-J runtime against Hugging Face on the same (random) weights. Tolerance: 1e-4 absolute on
 float32 logits (observed ~2e-6; the ops are the same, only their order of summation differs)."""
+import os
+import signal
+import time
+
 import pytest
 import torch
 
 import ft_gemm
 import ft_runtime_gptj as rg
-from ft_runtime_common import TPEngine, linear, sample
+from conftest import LOOPBACK, listening
+from ft_runtime_common import RankFailure, TPEngine, linear, sample
 
 TOL = 1e-4
 PROMPTS = [[464, 3139, 286, 4881, 318], [15496, 995], [40, 1101, 257]]
@@ -98,10 +103,48 @@ def test_tp2_with_gloo_matches_hf(gptj_model, ft_dirs):
         out = eng.call("logits", input_ids=ids, attention_mask=mask)
         toks, _ = eng.call("generate", input_ids=PROMPTS, max_new_tokens=6, stop_at_end=False)
         procs = list(eng.procs)
+        # the rendezvous store (hosted here) and gloo's sockets (one per rank) listen on loopback only
+        socks = [s for s in listening([os.getpid()]) if s[2] == eng.rendezvous_port] + listening(eng.pids)
+        assert {pid for pid, _, _ in socks} == {os.getpid(), *eng.pids} and {ip for _, ip, _ in socks} <= LOOPBACK, socks
+        # a rank that dies: the next call names it at once, and the engine refuses further calls
+        os.kill(eng.pids[1], signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(RankFailure, match=r"rank 1 exited \(exit code -9\) during generate"):
+            eng.call("generate", input_ids=PROMPTS, max_new_tokens=2)
+        assert time.monotonic() - t0 < 10
+        with pytest.raises(RankFailure, match="this engine is unusable"):
+            eng.call("generate", input_ids=PROMPTS, max_new_tokens=2)
     assert (out - ref).abs()[mask.bool()].max() < TOL
     tp1 = rg.GPTJRuntime.from_checkpoint(ft_dirs[("gptj", 1)], max_len=64).generate(PROMPTS, 6, stop_at_end=False)[0]
     assert torch.equal(toks, tp1)
     assert not any(p.is_alive() for p in procs)
+
+
+def test_loopback_check_can_fail():
+    """The check above sees what it must refuse: PyTorch's own TCPStore server, given 127.0.0.1, listens on
+    every interface (why TPEngine hands it a socket bound to loopback)."""
+    import torch.distributed as dist
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    socks = [s for s in listening([os.getpid()]) if s[2] == store.port]
+    assert socks and not {ip for _, ip, _ in socks} <= LOOPBACK, socks
+
+
+def test_tp2_stuck_rank_is_an_error_not_a_hang(ft_dirs):
+    """A rank's error leaves the engine usable; a rank that stops (SIGSTOP) makes the other's all-reduce fail
+    after timeout_s (gloo's own default: 30 minutes) with an error naming the cause, and the engine is closed."""
+    with TPEngine(rg.factory(str(ft_dirs[("gptj", 2)]), max_len=64), 2, timeout_s=3) as eng:
+        with pytest.raises(RuntimeError, match="at least one token") as e:
+            eng.call("generate", input_ids=[[]], max_new_tokens=2)
+        assert not isinstance(e.value, RankFailure)
+        assert eng.call("generate", input_ids=[[464, 3139]], max_new_tokens=2, stop_at_end=False)[0].shape == (1, 2)
+        os.kill(eng.pids[1], signal.SIGSTOP)
+        t0 = time.monotonic()
+        with pytest.raises(RankFailure, match="a collective of the tensor-parallel ranks failed during generate "
+                                              r"\(rank 0: .*Timed out waiting 3000ms"):
+            eng.call("generate", input_ids=[[464, 3139]], max_new_tokens=2)
+        assert 3 <= time.monotonic() - t0 < 30
+        procs = list(eng.procs)
+    assert not any(p.is_alive() for p in procs)   # the stopped rank too
 
 
 def test_decode_paths_agree(ft_dirs, rt):

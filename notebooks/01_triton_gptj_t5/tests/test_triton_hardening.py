@@ -19,6 +19,7 @@ import pytest
 import ft_client
 import ft_triton_repo
 import ft_weights
+from conftest import LOOPBACK, listening
 
 pytest.importorskip("pytriton", reason="nvidia-pytriton carries the tritonserver binary")
 
@@ -107,17 +108,11 @@ def test_end_to_end_both_protocols(srv, clients):
 
 def test_everything_listens_on_loopback_only(srv):
     """HTTP, gRPC, metrics, the TCPStore rendezvous and gloo's sockets, in every process of the group."""
-    listening = []
-    for pid in _group(srv.pid):
-        try:
-            listening += [(pid, c.laddr.ip) for c in psutil.Process(pid).net_connections("inet")
-                          if c.status == psutil.CONN_LISTEN]
-        except psutil.Error:
-            pass
+    socks = listening(_group(srv.pid))
     stub_pids = {v["stub"] for v in srv.snapshot().values()}
-    assert len(listening) >= 3 + 2 + 2 * 2   # 3 endpoints, 2 rendezvous stores, gloo: one socket per rank
-    assert any(pid in stub_pids for pid, _ in listening)   # the stores are hosted by the stubs
-    assert {ip for _, ip in listening} <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}, listening
+    assert len(socks) >= 3 + 2 + 2 * 2   # 3 endpoints, 2 rendezvous stores, gloo: one socket per rank
+    assert any(pid in stub_pids for pid, _, _ in socks)   # the stores are hosted by the stubs (TPEngine)
+    assert {ip for _, ip, _ in socks} <= LOOPBACK, socks
 
 
 def test_admin_apis_need_the_key(srv):
