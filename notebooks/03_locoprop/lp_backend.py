@@ -61,7 +61,7 @@ if NAME == "jax":
 
     def member(tree, g: int):
         """Member g of a stacked carry."""
-        return jax.tree_util.tree_map(lambda a: a[g], tree)
+        return jax.tree.map(lambda a: a[g], tree)
 
     def scalar(v: float):
         return jnp.float32(v)
