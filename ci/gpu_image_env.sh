@@ -15,7 +15,15 @@ fi
 export PYTHONPATH="$LABKIT_GPU_SITE:$PWD/shared${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$LABKIT_GPU_SITE/bin:$PATH"
 export KERAS_BACKEND="${KERAS_BACKEND:-jax}"          # the image has CUDA JAX, no TensorFlow
-export LABKIT_DATA_ROOT="${LABKIT_DATA_ROOT:-$PWD/data}"
+# Data folders carried in ./data are merged into the temp data root, so a later command on the same warm
+# machine needs not carry them again (what travels per command is limited).
+if [ -z "${LABKIT_DATA_ROOT:-}" ]; then
+  export LABKIT_DATA_ROOT="$_tmp/labkit-data"
+  mkdir -p "$LABKIT_DATA_ROOT"
+  [ -d data ] && cp -a data/. "$LABKIT_DATA_ROOT"/
+fi
 export LABKIT_STAGE_DIR="${LABKIT_STAGE_DIR:-$_tmp/labkit-stages}"   # resumable pieces survive between commands
+mkdir -p "$LABKIT_STAGE_DIR"
+[ -d build/stages ] && cp -an build/stages/. "$LABKIT_STAGE_DIR"/   # pieces carried back in from an earlier machine
 export MPLBACKEND=Agg HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONHASHSEED=0 PYTHONUNBUFFERED=1
 python3 -c "import papermill, ipykernel, keras; print('gpu_image_env: papermill', papermill.__version__, '| keras', keras.__version__, keras.backend.backend())"
