@@ -98,10 +98,11 @@ def merge(paths) -> dict:
     come from the same machine, data and target."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
     keys = lambda r: (r["machine"]["host"], r["machine"]["gpu"], r["machine"]["gpu_count"], r["target_val_mean_dice_gm_wm"],
-                      r["max_epochs"], r["time_budget_s"])
+                      r["max_epochs"])
     if len({keys(r) for r in runs}) != 1:
-        raise SystemExit(f"cannot merge: the runs differ in host/GPU/target/limits: {[keys(r) for r in runs]}")
-    out = {**runs[0], "results": {}, "config": {}, "merged_from": [str(p) for p in paths]}
+        raise SystemExit(f"cannot merge: the runs differ in host/GPU/target/epoch cap: {[keys(r) for r in runs]}")
+    out = {**runs[0], "results": {}, "config": {}, "merged_from": [str(p) for p in paths],
+           "time_budget_s": [r["time_budget_s"] for r in runs]}   # a stopping rule of each run, not a condition
     for r in runs:
         out["results"].update(r["results"])
         out["config"].update(r["config"])
