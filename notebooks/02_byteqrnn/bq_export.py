@@ -1,5 +1,6 @@
-"""On-device export: the quantization-aware ByteQRNN -> a full-integer int8 TFLite model, run with
-the LiteRT interpreter (ai_edge_litert).
+"""On-device export (TensorFlow only): the quantization-aware ByteQRNN -> a full-integer int8 TFLite model,
+run with the LiteRT interpreter (ai_edge_litert); and the TF-graph byte splitter. Needs KERAS_BACKEND=tensorflow:
+weights trained under JAX come in as `.weights.h5`.
 
 The QAT graph carries FakeQuant ops whose min/max were tracked during training; the converter turns
 them into int8 tensors and uses a small representative set for any range it still needs.
@@ -13,7 +14,38 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+import keras
+
 from labkit.paths import atomic_write_bytes
+from bq_layers import EOS_ID, OFFSET, PAD_ID, check_ids
+
+
+def require_tensorflow_backend(what: str) -> None:
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(f"{what} needs KERAS_BACKEND=tensorflow (this process runs Keras on "
+                           f"{keras.backend.backend()!r}); save the weights (.weights.h5) and export in a TF process")
+
+
+class ByteSplitter(keras.layers.Layer):
+    """tf.string [B] -> int32 ids [B, max_len], in the TF graph (same ids as `bq_layers.encode_bytes`)."""
+
+    def __init__(self, max_len: int, add_eos: bool = True, **kw):
+        require_tensorflow_backend("ByteSplitter (tf.io.decode_raw)")
+        super().__init__(**kw)
+        self.max_len = int(max_len)
+        self.add_eos = add_eos
+
+    def call(self, texts):
+        raw = tf.io.decode_raw(texts, tf.uint8, fixed_length=self.max_len)       # zero padded
+        raw = tf.cast(raw, tf.int32)
+        length = tf.strings.length(texts)                                         # bytes
+        keep = self.max_len - (1 if self.add_eos else 0)
+        n = tf.minimum(length, keep)[:, None]
+        pos = tf.range(self.max_len)[None, :]
+        ids = tf.where(pos < n, raw + OFFSET, PAD_ID)
+        if self.add_eos:
+            ids = tf.where(pos == n, EOS_ID, ids)
+        return ids
 
 
 def compact_flatbuffer(buf: bytes) -> bytes:
@@ -38,7 +70,15 @@ def compact_flatbuffer(buf: bytes) -> bytes:
 
 def to_int8_tflite(model, max_len: int, representative: np.ndarray, path=None, compact: bool = True) -> bytes:
     """Convert `model` (ids [1, max_len] int32 -> logits) to a full-integer int8 flatbuffer
-    (with `compact`, see compact_flatbuffer: the same outputs from a smaller file)."""
+    (with `compact`, see compact_flatbuffer: the same outputs from a smaller file). A classifier trained with
+    the parallel-scan pooling is rebuilt with the unrolled loop first (same weights, plain TFLite ops)."""
+    require_tensorflow_backend("the LiteRT export")
+    if getattr(getattr(model, "cfg", None), "pooling", "loop") != "loop":
+        from bq_models import rebuild_classifier
+        model = rebuild_classifier(model, pooling="loop")
+    # one all-padding row too: the ranges it alone exercises (the empty-input term of the attention pooling) get
+    # calibrated, so that such an input has a defined int8 result
+    representative = np.concatenate([check_ids(representative, max_len), np.zeros((1, max_len), np.int32)])
     @tf.function(input_signature=[tf.TensorSpec([1, max_len], tf.int32, name="byte_ids")])
     def serve(ids):
         return model(ids, training=False)
@@ -78,13 +118,17 @@ class TFLiteClassifier:
         scale, zero = self.out["quantization"]
         return ((q - zero) * scale if scale else q).ravel()[0]
 
+    def _check(self, ids) -> np.ndarray:
+        return check_ids(ids, int(self.inp["shape"][1]))
+
     def predict(self, ids: np.ndarray) -> np.ndarray:
-        ids = np.asarray(ids, dtype=np.int32)
+        """float logits [N] for byte ids [N, L] (ids outside 0..258 raise ValueError: see check_ids)."""
+        ids = self._check(ids)
         return np.array([self._one(ids[i:i + 1]) for i in range(len(ids))], dtype=np.float32)
 
     def latency_per_example(self, ids: np.ndarray, repeat: int = 3) -> float:
         from labkit import time_it
-        ids = np.asarray(ids, dtype=np.int32)
+        ids = self._check(ids)
         rows = [ids[i:i + 1] for i in range(len(ids))]
 
         def run():

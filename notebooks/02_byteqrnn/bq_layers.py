@@ -1,13 +1,16 @@
-"""The building blocks of ByteQRNN (SeqFlowLite), written as Keras 3 layers on the TensorFlow backend.
+"""The building blocks of ByteQRNN (SeqFlowLite), written as Keras 3 layers for any backend
+(`keras.ops` only: TensorFlow, the default, or JAX for the GPU).
 
-- byte splitting: UTF-8 bytes -> ids = byte + 3 (0 pad, 1 EOS, 2 UNK); a numpy reference and a
-  TF-graph layer (`ByteSplitter`) that agree;
+- byte splitting: UTF-8 bytes -> ids = byte + 3 (0 pad, 1 EOS, 2 UNK), in numpy; `check_ids` rejects
+  ids outside 0..258 with a clear error (the TF-graph splitter lives in `bq_export`, being TF only);
 - in-training quantization: `ActivationQuant` tracks the min/max of an activation (moving average)
   and fake-quantizes it to 8 bits; `QDense` / `QConv1D` fake-quantize their weights; the gradient is
   straight-through (1 inside the range, 0 outside), so the int8 model matches training;
-- `GBST` (Charformer's gradient-based subword tokenization): candidate blocks of sizes 1..M, a score
-  per block, softmax over block sizes per position, optional calibration, mean-pool by d_s;
-- `QRNN` (Bradbury et al. 2016) with fo-pooling and zoneout, and `BiQRNNStack`;
+- `GBST` in two variants: Charformer's (softmax over block sizes per position) and SeqFlowLite's
+  `GBSTLayerV2` (raw block scores, averaged over block sizes, causal conv);
+- `QRNN` (Bradbury et al. 2016) with fo-pooling (float state, as SeqFlowLite's pooling op) and zoneout,
+  and `BiQRNNStack`; the pooling runs as an unrolled loop (what the int8 export converts) or as
+  `keras.ops.associative_scan` (parallel over time: the fast form for GPU training);
 - `AttentionPooling` (masked softmax over time of a learned score).
 
 Masks are passed explicitly as float tensors [B, T] (1 = real position).
@@ -15,8 +18,8 @@ Masks are passed explicitly as float tensors [B, T] (1 = real position).
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 import keras
+from keras import ops
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 OFFSET = 3
@@ -54,6 +57,25 @@ def values_to_ids(values) -> np.ndarray:
     return np.where((v >= 0) & (v <= 255), ids, UNK_ID).astype(np.int32)
 
 
+def check_ids(ids, max_len: int = None) -> np.ndarray:
+    """ids as int32 [N, L], or ValueError saying what is wrong: not integers, not 2-D, a length other than
+    `max_len`, or ids outside 0..258 (the embedding's gather would fail or, worse, wrap around)."""
+    a = np.asarray(ids)
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"byte ids must be integers (dtype {a.dtype} given); use encode_bytes(texts, max_len)")
+    if a.ndim != 2:
+        raise ValueError(f"byte ids must be a 2-D array [examples, length]; got shape {a.shape}")
+    if max_len is not None and a.shape[1] != max_len:
+        raise ValueError(f"byte ids have length {a.shape[1]}; this model reads exactly {max_len}")
+    bad = (a < 0) | (a >= VOCAB_SIZE)
+    if bad.any():
+        where = np.argwhere(bad)[:3]
+        vals = sorted({int(a[tuple(w)]) for w in np.argwhere(bad)})[:5]
+        raise ValueError(f"byte ids must lie in 0..{VOCAB_SIZE - 1} (0 pad, 1 EOS, 2 UNK, byte + 3); "
+                         f"found {vals} at {[tuple(int(i) for i in w) for w in where]}")
+    return a.astype(np.int32)
+
+
 def decode_ids(ids) -> str:
     """ids -> text: stops at EOS, skips PAD, UNK shows as U+FFFD; invalid UTF-8 is replaced."""
     out = bytearray()
@@ -70,30 +92,9 @@ def decode_ids(ids) -> str:
     return out.decode("utf-8", errors="replace")
 
 
-class ByteSplitter(keras.layers.Layer):
-    """tf.string [B] -> int32 ids [B, max_len], in the TF graph (same ids as `encode_bytes`)."""
-
-    def __init__(self, max_len: int, add_eos: bool = True, **kw):
-        super().__init__(**kw)
-        self.max_len = int(max_len)
-        self.add_eos = add_eos
-
-    def call(self, texts):
-        raw = tf.io.decode_raw(texts, tf.uint8, fixed_length=self.max_len)       # zero padded
-        raw = tf.cast(raw, tf.int32)
-        length = tf.strings.length(texts)                                         # bytes
-        keep = self.max_len - (1 if self.add_eos else 0)
-        n = tf.minimum(length, keep)[:, None]
-        pos = tf.range(self.max_len)[None, :]
-        ids = tf.where(pos < n, raw + OFFSET, PAD_ID)
-        if self.add_eos:
-            ids = tf.where(pos == n, EOS_ID, ids)
-        return ids
-
-
 def ids_mask(ids):
     """float mask [B, L]: 1 where the id is not PAD."""
-    return tf.cast(tf.not_equal(ids, PAD_ID), tf.float32)
+    return ops.cast(ops.not_equal(ids, PAD_ID), "float32")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,10 +102,11 @@ def ids_mask(ids):
 # ---------------------------------------------------------------------------------------------
 
 def fake_quant(x, lo, hi, num_bits: int = 8, narrow_range: bool = False):
-    """8-bit fake quantization; TF's op has the straight-through gradient built in
-    (d out / d x = 1 for lo <= x <= hi, else 0) and is what the TFLite converter turns into int8."""
-    return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=num_bits,
-                                                        narrow_range=narrow_range)
+    """8-bit fake quantization with a straight-through gradient (d out / d x = 1 for lo <= x <= hi,
+    else 0). Under TensorFlow, Keras calls `tf.quantization.fake_quant_with_min_max_vars`, which the
+    TFLite converter turns into int8 tensors; under JAX Keras computes the same nudged grid itself."""
+    return keras.quantizers.fake_quant_with_min_max_vars(x, lo, hi, num_bits=num_bits,
+                                                         narrow_range=narrow_range)
 
 
 def fake_quant_reference(x, lo, hi, num_bits: int = 8, narrow_range: bool = False):
@@ -145,18 +147,18 @@ class ActivationQuant(keras.layers.Layer):
         if self.fixed_range is not None:
             return fake_quant(x, float(self.fixed_range[0]), float(self.fixed_range[1]), self.num_bits)
         if training:
-            bmin = tf.minimum(tf.reduce_min(tf.stop_gradient(x)), 0.0)
-            bmax = tf.maximum(tf.reduce_max(tf.stop_gradient(x)), 0.0)
-            first = tf.equal(self.seen, 0.0)
-            new_min = tf.where(first, bmin, self.decay * self.min_val + (1 - self.decay) * bmin)
-            new_max = tf.where(first, bmax, self.decay * self.max_val + (1 - self.decay) * bmax)
+            bmin = ops.minimum(ops.min(ops.stop_gradient(x)), 0.0)
+            bmax = ops.maximum(ops.max(ops.stop_gradient(x)), 0.0)
+            first = ops.equal(self.seen, 0.0)
+            new_min = ops.where(first, bmin, self.decay * self.min_val + (1 - self.decay) * bmin)
+            new_max = ops.where(first, bmax, self.decay * self.max_val + (1 - self.decay) * bmax)
             self.min_val.assign(new_min)
             self.max_val.assign(new_max)
             self.seen.assign(1.0)
             lo, hi = new_min, new_max
         else:
-            lo, hi = tf.convert_to_tensor(self.min_val), tf.convert_to_tensor(self.max_val)
-        hi = tf.maximum(hi, lo + 1e-6)
+            lo, hi = ops.convert_to_tensor(self.min_val), ops.convert_to_tensor(self.max_val)
+        hi = ops.maximum(hi, lo + 1e-6)
         return fake_quant(x, lo, hi, self.num_bits)
 
 
@@ -165,7 +167,7 @@ def quantize_weight(w, quantize: bool, num_bits: int = 8):
     max |w|; the range is not differentiated (straight-through for w)."""
     if not quantize:
         return w
-    a = tf.stop_gradient(tf.maximum(tf.reduce_max(tf.abs(w)), 1e-8))
+    a = ops.stop_gradient(ops.maximum(ops.max(ops.abs(w)), 1e-8))
     return fake_quant(w, -a, a, num_bits, narrow_range=True)
 
 
@@ -189,12 +191,11 @@ class QDense(keras.layers.Layer):
 
     def call(self, x, training=None):
         w = quantize_weight(self.kernel, self.quantize)
-        if x.shape.rank == 2:
-            y = tf.matmul(x, w)
-        else:  # flatten to 2-D: einsum's gradient with broadcasting dims is far slower on CPU
-            lead = tf.shape(x)[:-1]
-            y = tf.reshape(tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), w),
-                           tf.concat([lead, [self.units]], axis=0))
+        if len(x.shape) == 2:
+            y = ops.matmul(x, w)
+        else:  # flatten to 2-D: one FULLY_CONNECTED in TFLite, and a plain GEMM everywhere
+            lead = ops.shape(x)[:-1]
+            y = ops.reshape(ops.matmul(ops.reshape(x, (-1, x.shape[-1])), w), (*lead, self.units))
         if self.bias is not None:
             y = y + self.bias
         y = self.activation(y)
@@ -221,11 +222,9 @@ class QConv1D(keras.layers.Layer):
 
     def call(self, x, training=None):
         k = self.kernel_size
-        if self.padding == "causal":
-            x = tf.pad(x, [[0, 0], [k - 1, 0], [0, 0]])
-        else:
-            x = tf.pad(x, [[0, 0], [(k - 1) // 2, k // 2], [0, 0]])
-        y = tf.nn.conv1d(x, quantize_weight(self.kernel, self.quantize), stride=1, padding="VALID")
+        left = k - 1 if self.padding == "causal" else (k - 1) // 2
+        x = ops.pad(x, [[0, 0], [left, k - 1 - left], [0, 0]])
+        y = ops.conv(x, quantize_weight(self.kernel, self.quantize), strides=1, padding="valid")
         y = self.activation(y + self.bias)
         return self.out_q(y, training=training)
 
@@ -242,75 +241,82 @@ class QEmbedding(keras.layers.Layer):
                                      initializer=keras.initializers.RandomUniform(-0.1, 0.1), name="table")
 
     def call(self, ids):
-        return tf.gather(quantize_weight(self.table, self.quantize), ids)
+        return ops.take(quantize_weight(self.table, self.quantize), ids, axis=0)
 
 
 # ---------------------------------------------------------------------------------------------
 # GBST
 # ---------------------------------------------------------------------------------------------
 
+def _block_sums(x, mask, b):
+    """Masked sums and counts of non-overlapping blocks of b positions (L padded up to a multiple of b)."""
+    L, D = x.shape[1], x.shape[2]
+    pad = (-L) % b
+    xm, mk = x * mask[..., None], mask
+    if pad:
+        xm = ops.pad(xm, [[0, 0], [0, pad], [0, 0]])
+        mk = ops.pad(mk, [[0, 0], [0, pad]])
+    nb = (L + pad) // b
+    return ops.sum(ops.reshape(xm, (-1, nb, b, D)), axis=2), ops.sum(ops.reshape(mk, (-1, nb, b)), axis=2)
+
+
 def _masked_block_mean(x, mask, b):
     """Mean of each non-overlapping block of b positions (pads excluded), repeated back to length L.
-    x [B, L, D], mask [B, L] -> [B, L, D] (L padded up to a multiple of b internally)."""
-    L = x.shape[1]
-    pad = (-L) % b
-    xm = x * mask[..., None]
-    if pad:
-        xm = tf.pad(xm, [[0, 0], [0, pad], [0, 0]])
-        mk = tf.pad(mask, [[0, 0], [0, pad]])
-    else:
-        mk = mask
-    nb = (L + pad) // b
-    s = tf.reduce_sum(tf.reshape(xm, [-1, nb, b, x.shape[2]]), axis=2)
-    c = tf.reduce_sum(tf.reshape(mk, [-1, nb, b]), axis=2)
-    blocks = s / tf.maximum(c, 1.0)[..., None]                     # [B, nb, D]
-    rep = tf.reshape(tf.tile(blocks[:, :, None, :], [1, 1, b, 1]), [-1, nb * b, x.shape[2]])
-    return rep[:, :L], blocks
+    x [B, L, D], mask [B, L] -> ([B, L, D], blocks [B, ceil(L/b), D])."""
+    s, c = _block_sums(x, mask, b)
+    blocks = s / ops.maximum(c, 1.0)[..., None]                   # [B, nb, D]
+    nb, D = blocks.shape[1], x.shape[2]
+    rep = ops.reshape(ops.tile(blocks[:, :, None, :], (1, 1, b, 1)), (-1, nb * b, D))
+    return rep[:, : x.shape[1]], blocks
 
 
 def downsample_mean(x, mask, rate):
     """Masked mean-pool by `rate` along time: [B, L, D] -> [B, ceil(L/rate), D], mask -> max-pool."""
     if rate == 1:
         return x, mask
-    L = x.shape[1]
-    pad = (-L) % rate
-    xm = x * mask[..., None]
-    mk = mask
-    if pad:
-        xm = tf.pad(xm, [[0, 0], [0, pad], [0, 0]])
-        mk = tf.pad(mk, [[0, 0], [0, pad]])
-    n = (L + pad) // rate
-    s = tf.reduce_sum(tf.reshape(xm, [-1, n, rate, x.shape[2]]), axis=2)
-    c = tf.reduce_sum(tf.reshape(mk, [-1, n, rate]), axis=2)
-    out = s / tf.maximum(c, 1.0)[..., None]
-    return out, tf.cast(c > 0, tf.float32)
+    s, c = _block_sums(x, mask, rate)
+    return s / ops.maximum(c, 1.0)[..., None], ops.cast(c > 0, "float32")
+
+
+GBST_MIXING = ("softmax", "sfl")
 
 
 class GBST(keras.layers.Layer):
-    """Gradient-based subword tokenization (Charformer, arXiv 2106.12672).
+    """Gradient-based subword tokenization, in two variants (`mixing`):
 
-    For each block size b in 1..max_block_size: mean-pool the (conv-mixed) byte embeddings in blocks
-    of b, score each block with one shared linear map to a scalar, repeat blocks and scores back to
-    length L; softmax over b per position; optional calibration P <- softmax(P P^T) P; mix the
-    candidates with those weights; mean-pool by `downsample_rate` d_s. Output [B, ceil(L/d_s), D].
-    After a call, `self.last_scores` holds the block-size weights [B, L, M] (for plots/tests)."""
+    - "softmax" (Charformer, arXiv 2106.12672): a position-wise conv ("same" padding), then for each block
+      size b in 1..M the masked mean of blocks of b, scored by one shared linear map; softmax over b per
+      position; optional calibration P <- softmax(P P^T) P; candidates mixed with those weights.
+    - "sfl" (SeqFlowLite's `GBSTLayerV2`, research/seq_flow_lite/layers/misc_layers.py, default
+      block_mixing_mode=None): a causal conv, the same candidates and linear scores, but no softmax: each
+      candidate is multiplied by its raw score and the products are averaged over the M block sizes.
+
+    Both then mean-pool by `downsample_rate` d_s. Output [B, ceil(L/d_s), D]. After a call, `self.last_scores`
+    holds the block-size weights [B, L, M] (softmax weights or raw scores; for plots/tests)."""
 
     def __init__(self, max_block_size: int = 4, downsample_rate: int = 2, conv_kernel_size: int = 5,
-                 calibrate: bool = False, quantize: bool = True, **kw):
+                 calibrate: bool = False, quantize: bool = True, mixing: str = "softmax", **kw):
         super().__init__(**kw)
+        if mixing not in GBST_MIXING:
+            raise ValueError(f"mixing={mixing!r}; use one of {GBST_MIXING}")
+        if calibrate and mixing != "softmax":
+            raise ValueError("calibrate=True is Charformer's (mixing='softmax') option")
         self.max_block_size = max_block_size
         self.downsample_rate = downsample_rate
         self.conv_kernel_size = conv_kernel_size
         self.calibrate = calibrate
         self.quantize = quantize
+        self.mixing = mixing
         self.scorer = QDense(1, use_bias=False, quantize=quantize, quantize_output=False)
-        self.score_q = ActivationQuant(quantize, fixed_range=(0.0, 1.0))
+        # softmax weights lie in [0, 1]; SFL's raw scores are unbounded: their range is tracked
+        self.score_q = ActivationQuant(quantize, fixed_range=(0.0, 1.0) if mixing == "softmax" else None)
         self.out_q = ActivationQuant(quantize)
         self.last_scores = None
 
     def build(self, input_shape):
         d = int(input_shape[-1])
-        self.conv = (QConv1D(d, self.conv_kernel_size, padding="same", quantize=self.quantize)
+        padding = "same" if self.mixing == "softmax" else "causal"
+        self.conv = (QConv1D(d, self.conv_kernel_size, padding=padding, quantize=self.quantize)
                      if self.conv_kernel_size and self.conv_kernel_size > 1 else None)
 
     def call(self, x, mask, training=None):
@@ -318,17 +324,21 @@ class GBST(keras.layers.Layer):
             x = self.conv(x, training=training) * mask[..., None]
         cands, logits = [], []
         for b in range(1, self.max_block_size + 1):
-            rep, _ = _masked_block_mean(x, mask, b) if b > 1 else (x, None)
+            rep = _masked_block_mean(x, mask, b)[0] if b > 1 else x
             cands.append(rep)
             logits.append(self.scorer(rep, training=training))            # [B, L, 1]
-        cands = tf.stack(cands, axis=2)                                   # [B, L, M, D]
-        scores = tf.nn.softmax(tf.concat(logits, axis=-1), axis=-1)        # [B, L, M]
-        if self.calibrate:
-            scores = tf.matmul(tf.nn.softmax(tf.matmul(scores, scores, transpose_b=True), axis=-1), scores)
+        cands = ops.stack(cands, axis=2)                                  # [B, L, M, D]
+        scores = ops.concatenate(logits, axis=-1)                         # [B, L, M]
+        if self.mixing == "softmax":
+            scores = ops.softmax(scores, axis=-1)
+            if self.calibrate:
+                scores = ops.matmul(ops.softmax(ops.matmul(scores, ops.swapaxes(scores, 1, 2)), axis=-1), scores)
         scores = self.score_q(scores, training=training)
         self.last_scores = scores
-        mixed = tf.reduce_sum(cands * scores[..., None], axis=2) * mask[..., None]
-        out, out_mask = downsample_mean(mixed, mask, self.downsample_rate)
+        mixed = ops.sum(cands * scores[..., None], axis=2)
+        if self.mixing == "sfl":
+            mixed = mixed / float(self.max_block_size)                    # SFL: reduce_mean over block sizes
+        out, out_mask = downsample_mean(mixed * mask[..., None], mask, self.downsample_rate)
         return self.out_q(out, training=training), out_mask
 
 
@@ -336,37 +346,34 @@ class GBST(keras.layers.Layer):
 # QRNN
 # ---------------------------------------------------------------------------------------------
 
-def fo_pool_loop(z, f, c0=None, quantize: bool = False):
-    """fo-pooling c_t = f_t * c_{t-1} + (1 - f_t) * z_t, unrolled over the (static) time axis.
-    z, f [B, T, C] -> c [B, T, C]. Unrolled so that it converts to plain int8 TFLite ops.
-    With `quantize`, every intermediate is fake-quantized to 8 bits with a fixed range: z in [-1, 1]
-    and f in [0, 1] make each product and the new state lie in [-1, 1] exactly, so the int8 model
-    needs no float kernel (and no calibration) for the recurrence."""
-    q = (lambda x, lo, hi: fake_quant(x, lo, hi)) if quantize else (lambda x, lo, hi: x)
-    c = tf.zeros_like(z[:, 0]) if c0 is None else c0
-    # f arrives mixed with the mask (f * m + 1 - m: still on the [0, 1] grid, so this is exact); an explicit
-    # range here keeps the converter from leaving the unstack of f in float (it did so now and then)
-    f = q(f, 0.0, 1.0)
-    # the input term (1 - f_t) z_t for every t at once, and one unstack per sequence instead of a slice per
-    # step: the unrolled int8 graph then holds two ops a step (mul, add) - a smaller, faster TFLite file
-    u = q(q(1.0 - f, 0.0, 1.0) * z, -1.0, 1.0)
+def fo_pool_loop(z, f, quantize_state: bool = False):
+    """fo-pooling c_t = f_t * c_{t-1} + (1 - f_t) * z_t, unrolled over the (static) time axis, state in
+    float as SeqFlowLite's pooling (research/seq_flow_lite/layers/qrnn_layers.py: `state * m + c`).
+    z, f [B, T, C] -> c [B, T, C]. Unrolled so that it converts to plain TFLite ops (one unstack per
+    sequence, then a MUL and an ADD per step). `quantize_state=True` fake-quantizes the state to 8 bits
+    in [-1, 1] at every step: kept only to show what that does to long memory."""
+    u = (1.0 - f) * z                     # the input term for every t at once
+    c = ops.zeros_like(z[:, 0])
     out = []
-    for f_t, u_t in zip(tf.unstack(f, axis=1), tf.unstack(u, axis=1)):
-        c = q(q(f_t * c, -1.0, 1.0) + u_t, -1.0, 1.0)
+    for f_t, u_t in zip(ops.unstack(f, axis=1), ops.unstack(u, axis=1)):
+        c = f_t * c + u_t
+        if quantize_state:
+            c = fake_quant(c, -1.0, 1.0)
         out.append(c)
-    return tf.stack(out, axis=1)
+    return ops.stack(out, axis=1)
 
 
-def fo_pool_parallel(z, f):
-    """The same recurrence in closed form: c_t = sum_{s<=t} (prod_{r=s+1..t} f_r) (1-f_s) z_s,
-    computed in log space with a masked [T, T] matrix (parallel over time; for GPU training)."""
-    T = z.shape[1]
-    logf = tf.math.log(tf.maximum(f, 1e-12))
-    cum = tf.cumsum(logf, axis=1)                                         # A_t = sum_{r<=t} log f_r
-    diff = cum[:, :, None, :] - cum[:, None, :, :]                        # [B, t, s, C] = A_t - A_s
-    tri = tf.linalg.band_part(tf.ones([T, T]), -1, 0)[None, :, :, None]   # s <= t
-    w = tf.exp(tf.where(tri > 0, diff, -1e30 * tf.ones_like(diff)))
-    return tf.einsum("btsc,bsc->btc", w, (1.0 - f) * z)
+def fo_pool_scan(z, f):
+    """The same recurrence as a parallel prefix scan: element t is the affine map c -> f_t c + u_t and
+    composing two maps is associative: (a1, b1) then (a2, b2) = (a1 a2, a2 b1 + b2). log2(T) depth
+    (`keras.ops.associative_scan`: jax.lax.associative_scan under JAX); float state."""
+    def combine(p, q):
+        return p[0] * q[0], q[0] * p[1] + q[1]
+    c = ops.associative_scan(combine, (f, (1.0 - f) * z), axis=1)[1]
+    return ops.reshape(c, (-1, z.shape[1], z.shape[2]))   # TF's scan loses the static shape
+
+
+POOLINGS = ("loop", "scan")
 
 
 class QRNN(keras.layers.Layer):
@@ -378,7 +385,8 @@ class QRNN(keras.layers.Layer):
     def __init__(self, units: int, kernel_width: int = 3, zoneout: float = 0.0, go_backwards: bool = False,
                  pooling: str = "loop", quantize: bool = True, seed=None, **kw):
         super().__init__(**kw)
-        assert pooling in ("loop", "parallel")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling={pooling!r}; use one of {POOLINGS}")
         self.units, self.kernel_width, self.zoneout = units, kernel_width, zoneout
         self.go_backwards, self.pooling, self.quantize = go_backwards, pooling, quantize
         self.conv = QConv1D(3 * units, kernel_width, padding="causal", quantize=quantize)
@@ -395,19 +403,19 @@ class QRNN(keras.layers.Layer):
         if self.go_backwards:
             x, mask = x[:, ::-1], mask[:, ::-1]
         zfo = self.conv(x, training=training)
-        z_, f_, o_ = tf.split(zfo, 3, axis=-1)
-        z = self.zq(tf.tanh(z_), training=training)
-        f = self.fq(tf.sigmoid(f_), training=training)
-        o = self.oq(tf.sigmoid(o_), training=training)
+        z_, f_, o_ = ops.split(zfo, 3, axis=-1)
+        z = self.zq(ops.tanh(z_), training=training)
+        f = self.fq(ops.sigmoid(f_), training=training)
+        o = self.oq(ops.sigmoid(o_), training=training)
         m = mask[..., None]
         f = f * m + (1.0 - m)
         if training and self.zoneout > 0:
-            keep = keras.random.uniform(tf.shape(f), seed=self.seed_gen) < self.zoneout
-            f = tf.where(keep, tf.ones_like(f), f)
+            keep = keras.random.uniform(ops.shape(f), seed=self.seed_gen) < self.zoneout
+            f = ops.where(keep, ops.ones_like(f), f)
         return z, f, o, m
 
     def pool(self, z, f):
-        return fo_pool_loop(z, f, quantize=self.quantize) if self.pooling == "loop" else fo_pool_parallel(z, f)
+        return fo_pool_loop(z, f) if self.pooling == "loop" else fo_pool_scan(z, f)
 
     def output(self, c, o, m, training=None):
         """h = o * c on valid positions, back in input order."""
@@ -440,9 +448,9 @@ class BiQRNNStack(keras.layers.Layer):
             # time; pooling is per channel): the same numbers as two, half the unrolled steps in the int8 graph
             zf, ff, of, mf = f.gates(x, mask, training)
             zb, fb, ob, mb = b.gates(x, mask, training)
-            c = f.pool(tf.concat([zf, zb], -1), tf.concat([ff, fb], -1))
-            cf, cb = tf.split(c, 2, axis=-1)
-            x = tf.concat([f.output(cf, of, mf, training), b.output(cb, ob, mb, training)], axis=-1)
+            c = f.pool(ops.concatenate([zf, zb], -1), ops.concatenate([ff, fb], -1))
+            cf, cb = ops.split(c, 2, axis=-1)
+            x = ops.concatenate([f.output(cf, of, mf, training), b.output(cb, ob, mb, training)], axis=-1)
         return x
 
 
@@ -452,7 +460,9 @@ class BiQRNNStack(keras.layers.Layer):
 
 class AttentionPooling(keras.layers.Layer):
     """a = softmax over valid positions of a linear score; pooled = sum_t a_t h_t.
-    After a call, `self.last_weights` holds a [B, T]."""
+    An input with no valid position (all padding) pools to 0: the denominator gets 1 - max_t(mask), which is
+    0 for any real input and 1 for an all-padding one, fake-quantized on [0, 1] so that int8 keeps the 1 (a floor
+    such as 1e-9 would round to 0 in int8, and the int8 division would fail). After a call, `self.last_weights` holds a [B, T]."""
 
     def __init__(self, quantize: bool = True, **kw):
         super().__init__(**kw)
@@ -463,9 +473,12 @@ class AttentionPooling(keras.layers.Layer):
 
     def call(self, h, mask, training=None):
         logits = self.score(h, training=training)[..., 0]                       # [B, T]
-        logits = logits - tf.stop_gradient(tf.reduce_max(logits, axis=-1, keepdims=True))
-        e = tf.exp(logits) * mask
-        a = e / tf.maximum(tf.reduce_sum(e, axis=-1, keepdims=True), 1e-9)
+        logits = logits - ops.stop_gradient(ops.max(logits, axis=-1, keepdims=True))
+        e = ops.exp(logits) * mask
+        empty = 1.0 - ops.max(mask, axis=-1, keepdims=True)
+        if self.wq.quantize:  # a fixed int8 range: calibration data never holds an all-padding input
+            empty = fake_quant(empty, 0.0, 1.0)
+        a = e / (ops.sum(e, axis=-1, keepdims=True) + empty)
         a = self.wq(a, training=training)
         self.last_weights = a
-        return self.out_q(tf.einsum("bt,btd->bd", a, h), training=training)
+        return self.out_q(ops.einsum("bt,btd->bd", a, h), training=training)

@@ -6,15 +6,21 @@
 
 Every dense/conv weight and activation is fake-quantized during training when `quantize=True`
 (SeqFlowLite's `quantize: true`), so the model converts to a full-integer int8 TFLite model.
-`build_encoder` returns the part that pre-training shares with the classifier.
+`ByteEncoder` is the part that pre-training shares with the classifier. Written with `keras.ops` only:
+the same code trains under TensorFlow or JAX, and weights move between them as `.weights.h5`.
+
+Differences from SeqFlowLite's ByteQRNN (research/seq_flow_lite/models/byteqrnn.py), stated, not hidden:
+SFL's dense and conv layers can carry batch normalization (`normalize=True`, layers/dense_layers.py and
+conv_layers.py); ours have none (the quantization ranges are tracked on the raw activations). SFL's sample
+config reads 1024 bytes with GBST downsampling 1; ours reads 256 bytes with downsampling 2 (see the notebook).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, asdict, replace
 
 import numpy as np
-import tensorflow as tf
 import keras
+from keras import ops
 
 from bq_layers import (VOCAB_SIZE, ActivationQuant, AttentionPooling, BiQRNNStack, GBST, QDense,
                        QEmbedding, downsample_mean, ids_mask)
@@ -31,6 +37,7 @@ class ByteConfig:
     gbst_downsample: int = 2        # d_s
     gbst_conv: int = 5              # position-wise conv before the blocks
     gbst_calibrate: bool = False
+    gbst_mixing: str = "softmax"    # "softmax" (Charformer) | "sfl" (SeqFlowLite's GBSTLayerV2: raw scores, mean)
     encoder: str = "qrnn"
     state: int = 128                # QRNN state size / Transformer width
     layers: int = 3
@@ -42,7 +49,7 @@ class ByteConfig:
     dropout: float = 0.1
     num_classes: int = 1
     quantize: bool = True
-    pooling: str = "loop"           # QRNN fo-pooling implementation ("loop" | "parallel")
+    pooling: str = "loop"           # QRNN fo-pooling implementation ("loop": the export's | "scan": GPU training)
 
     def with_(self, **kw) -> "ByteConfig":
         return replace(self, **kw)
@@ -63,20 +70,24 @@ class MultiHeadAttention(keras.layers.Layer):
         self.o = QDense(dim, quantize=quantize)
 
     def _split(self, x):
-        b, t = tf.shape(x)[0], tf.shape(x)[1]
-        return tf.transpose(tf.reshape(x, [b, t, self.heads, self.dim // self.heads]), [0, 2, 1, 3])
+        return ops.transpose(ops.reshape(x, (-1, x.shape[1], self.heads, self.dim // self.heads)), (0, 2, 1, 3))
+
+    def _merge(self, out):
+        """[B, H, T, dh] -> [B, T, H*dh]."""
+        return ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (-1, out.shape[2], self.dim))
+
+    def attend(self, q, k, v, kv_mask=None):
+        """softmax(q k^T / sqrt(dh)) v over split heads; keys where kv_mask [B, Tk] is 0 are masked out."""
+        logits = ops.matmul(q, ops.swapaxes(k, -1, -2)) / np.sqrt(self.dim // self.heads)
+        if kv_mask is not None:
+            logits = logits + (1.0 - kv_mask[:, None, None, :]) * -1e4
+        return self._merge(ops.matmul(ops.softmax(logits, axis=-1), v))
 
     def call(self, xq, xkv, kv_mask, training=None):
         q = self._split(self.q(xq, training=training))
         k = self._split(self.k(xkv, training=training))
         v = self._split(self.v(xkv, training=training))
-        logits = tf.matmul(q, k, transpose_b=True) / np.sqrt(self.dim // self.heads)
-        logits = logits + (1.0 - kv_mask[:, None, None, :]) * -1e4
-        a = tf.nn.softmax(logits, axis=-1)
-        out = tf.matmul(a, v)
-        b, t = tf.shape(out)[0], tf.shape(out)[2]
-        out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, t, self.dim])
-        return self.o(out, training=training)
+        return self.o(self.attend(q, k, v, kv_mask), training=training)
 
 
 class TransformerBlock(keras.layers.Layer):
@@ -84,7 +95,7 @@ class TransformerBlock(keras.layers.Layer):
     (queries mean-pooled by 2, keys/values at full length)."""
 
     def __init__(self, dim: int, heads: int, ffn_mult: int, dropout: float, quantize: bool,
-                 pool_queries: bool = False, **kw):
+                 pool_queries: bool = False, seed: int = 0, **kw):
         super().__init__(**kw)
         self.pool_queries = pool_queries
         self.att = MultiHeadAttention(dim, heads, quantize)
@@ -92,7 +103,7 @@ class TransformerBlock(keras.layers.Layer):
         self.ln2 = keras.layers.LayerNormalization()
         self.up = QDense(dim * ffn_mult, activation="relu", quantize=quantize)
         self.down = QDense(dim, quantize=quantize)
-        self.drop = keras.layers.Dropout(dropout)
+        self.drop = keras.layers.Dropout(dropout, seed=seed)
         self.q1 = ActivationQuant(quantize)
         self.q2 = ActivationQuant(quantize)
 
@@ -115,7 +126,7 @@ class TransformerEncoder(keras.layers.Layer):
         for i in range(cfg.layers):
             pool = funnel and i > 0 and i % per_block == 0
             self.blocks.append(TransformerBlock(cfg.state, cfg.heads, cfg.ffn_mult, cfg.dropout,
-                                                cfg.quantize, pool_queries=pool, name=f"block_{i}"))
+                                                cfg.quantize, pool_queries=pool, seed=i, name=f"block_{i}"))
 
     def build(self, input_shape):
         t = int(input_shape[1])
@@ -140,7 +151,7 @@ class ByteEncoder(keras.layers.Layer):
         self.embedding = QEmbedding(VOCAB_SIZE, cfg.embed_dim, quantize=cfg.quantize, name="byte_embedding")
         self.bottleneck = QDense(cfg.bottleneck, activation="relu", quantize=cfg.quantize, name="bottleneck")
         self.gbst = GBST(cfg.gbst_max_block, cfg.gbst_downsample, cfg.gbst_conv, cfg.gbst_calibrate,
-                         quantize=cfg.quantize, name="gbst")
+                         quantize=cfg.quantize, mixing=cfg.gbst_mixing, name="gbst")
         if cfg.encoder == "qrnn":
             self.encoder = BiQRNNStack(cfg.state, cfg.layers, cfg.kernel_width, cfg.zoneout,
                                        pooling=cfg.pooling, quantize=cfg.quantize, name="qrnn")
@@ -171,7 +182,7 @@ class ByteClassifier(keras.Model):
         self.cfg = cfg
         self.byte_encoder = ByteEncoder(cfg, name="byte_encoder")
         self.pool = AttentionPooling(quantize=cfg.quantize, name="attention_pooling")
-        self.drop = keras.layers.Dropout(cfg.dropout)
+        self.drop = keras.layers.Dropout(cfg.dropout, seed=101)
         self.head = QDense(cfg.num_classes, quantize=cfg.quantize, quantize_output=False, name="logits")
 
     def call(self, ids, training=None):
@@ -193,7 +204,7 @@ class BytePretrainer(keras.Model):
 
     def build(self, input_shape):
         L = int(input_shape[1])
-        dummy = tf.zeros([1, L], tf.int32)
+        dummy = ops.zeros((1, L), "int32")
         h, _ = self.byte_encoder(dummy)
         t = int(h.shape[1])
         self.factor = -(-L // t)
@@ -205,20 +216,20 @@ class BytePretrainer(keras.Model):
         L = ids.shape[1]
         h, _ = self.byte_encoder(ids, training=training)
         logits = self.out(h, training=training)                          # [B, T', f*259]
-        logits = tf.reshape(logits, [-1, h.shape[1] * self.factor, VOCAB_SIZE])
+        logits = ops.reshape(logits, (-1, h.shape[1] * self.factor, VOCAB_SIZE))
         return logits[:, :L]
 
 
 def build_classifier(cfg: ByteConfig) -> ByteClassifier:
     model = ByteClassifier(cfg)
-    model(tf.zeros([1, cfg.max_len], tf.int32))
+    model(np.zeros((1, cfg.max_len), np.int32))
     return model
 
 
 def build_pretrainer(cfg: ByteConfig) -> BytePretrainer:
     model = BytePretrainer(cfg)
     model.build((None, cfg.max_len))
-    model(tf.zeros([1, cfg.max_len], tf.int32))
+    model(np.zeros((1, cfg.max_len), np.int32))
     return model
 
 
@@ -236,3 +247,11 @@ def model_sizes(model) -> dict:
         name = v.path if hasattr(v, "path") else v.name
         int8 += n if ("kernel" in name or "table" in name) else 4 * n
     return {"params": params, "float_mb": 4 * params / 1e6, "int8_mb": int8 / 1e6}
+
+
+def rebuild_classifier(model, **changes) -> ByteClassifier:
+    """The same classifier with some config fields changed that do not change its weights (e.g. pooling
+    'scan' for GPU training -> 'loop' for the int8 export), weights copied."""
+    out = build_classifier(model.cfg.with_(**changes))
+    out.set_weights(model.get_weights())
+    return out

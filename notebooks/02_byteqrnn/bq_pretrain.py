@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import keras
-import tensorflow as tf
 
 from bq_layers import OFFSET, PAD_ID, UNK_ID, EOS_ID, encode_bytes
-from bq_train import ProgressCallback
+from bq_train import ProgressCallback, predict_padded
 
 
 def corrupt(ids: np.ndarray, rng: np.random.Generator, rate: float = 0.15):
@@ -67,7 +66,7 @@ def pretrain(pretrainer, texts, max_len: int, steps: int, batch_size: int = 32, 
     hnoisy, hw = corrupt(hclean, rng)
 
     def masked_acc():
-        pred = np.argmax(pretrainer.predict(hnoisy, batch_size=128, verbose=0), axis=-1)
+        pred = np.argmax(predict_padded(pretrainer, hnoisy, 128), axis=-1)
         return float(((pred == hclean) * hw).sum() / max(hw.sum(), 1))
 
     before = masked_acc()

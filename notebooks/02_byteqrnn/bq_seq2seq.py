@@ -20,11 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import tensorflow as tf
 import keras
+from keras import ops
 
 from bq_layers import (EOS_ID, OFFSET, PAD_ID, UNK_ID, VOCAB_SIZE, ActivationQuant, QDense, QEmbedding,
-                       encode_bytes)
+                       check_ids, encode_bytes)
+from bq_backend import jit
 from bq_models import ByteConfig, ByteEncoder, MultiHeadAttention
 from bq_train import ProgressCallback
 
@@ -110,18 +111,14 @@ class CrossAttention(keras.layers.Layer):
     def call(self, y, k, v, mem_mask, training=None):
         m = self.mha
         q = m._split(m.q(y, training=training))
-        logits = tf.matmul(q, k, transpose_b=True) / np.sqrt(m.dim // m.heads)
-        logits = logits + (1.0 - mem_mask[:, None, None, :]) * -1e4
-        out = tf.matmul(tf.nn.softmax(logits, axis=-1), v)
-        b, t = tf.shape(out)[0], tf.shape(out)[2]
-        out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, t, m.dim])
-        return m.o(out, training=training)
+        return m.o(m.attend(q, k, v, mem_mask), training=training)
 
 
 class MergedAttentionLayer(keras.layers.Layer):
     """One decoder layer: [uniform self-attention + cross-attention] (one merged sublayer) -> FFN."""
 
-    def __init__(self, dim: int, heads: int, ffn_mult: int = 2, dropout: float = 0.1, quantize: bool = True, **kw):
+    def __init__(self, dim: int, heads: int, ffn_mult: int = 2, dropout: float = 0.1, quantize: bool = True,
+                 seed: int = 0, **kw):
         super().__init__(**kw)
         self.dim = dim
         self.uniform = QDense(dim, use_bias=False, quantize=quantize)
@@ -132,7 +129,7 @@ class MergedAttentionLayer(keras.layers.Layer):
         self.ln2 = keras.layers.LayerNormalization()
         self.up = QDense(dim * ffn_mult, activation="relu", quantize=quantize)
         self.down = QDense(dim, quantize=quantize)
-        self.drop = keras.layers.Dropout(dropout)
+        self.drop = keras.layers.Dropout(dropout, seed=seed)
 
     def _merge(self, y, avg, k, v, mem_mask, training):
         h = self.q0(self.uniform(avg, training=training) + self.cross(y, k, v, mem_mask, training=training),
@@ -143,8 +140,8 @@ class MergedAttentionLayer(keras.layers.Layer):
 
     def call(self, y, k, v, mem_mask, training=None):
         """Parallel form for training: the uniform attention is a cumulative mean over positions."""
-        t = tf.cast(tf.range(1, tf.shape(y)[1] + 1), tf.float32)[None, :, None]
-        avg = tf.cumsum(y, axis=1) / t
+        t = ops.arange(1, y.shape[1] + 1, dtype="float32")[None, :, None]
+        avg = ops.cumsum(y, axis=1) / t
         return self._merge(y, avg, k, v, mem_mask, training)
 
     def step(self, y_t, t, cache_sum, k, v, mem_mask):
@@ -169,13 +166,9 @@ class StandardDecoderLayer(keras.layers.Layer):
 
     def step(self, y_t, k_cache, v_cache, k, v, mem_mask):
         m = self.self_att
-        k_cache = tf.concat([k_cache, m._split(m.k(y_t))], axis=2)   # [B, H, t, dh]: grows each step
-        v_cache = tf.concat([v_cache, m._split(m.v(y_t))], axis=2)
-        q = m._split(m.q(y_t))
-        a = tf.nn.softmax(tf.matmul(q, k_cache, transpose_b=True) / np.sqrt(m.dim // m.heads), axis=-1)
-        sa = tf.matmul(a, v_cache)
-        b = tf.shape(sa)[0]
-        sa = m.o(tf.reshape(tf.transpose(sa, [0, 2, 1, 3]), [b, 1, m.dim]))
+        k_cache = ops.concatenate([k_cache, m._split(m.k(y_t))], axis=2)   # [B, H, t, dh]: grows each step
+        v_cache = ops.concatenate([v_cache, m._split(m.v(y_t))], axis=2)
+        sa = m.o(m.attend(m._split(m.q(y_t)), k_cache, v_cache))
         y = self.ln0(y_t + sa)
         y = self.ln1(y + self.cross(y, k, v, mem_mask))
         return self.ln2(y + self.down(self.up(y))), k_cache, v_cache
@@ -209,8 +202,8 @@ class ByteSeq2Seq(keras.Model):
         self.embed = QEmbedding(VOCAB_SIZE, cfg.dim, quantize=cfg.quantize, name="dec_embedding")
         self.ln_in = keras.layers.LayerNormalization()
         self.in_q = ActivationQuant(cfg.quantize)
-        self.dec = [MergedAttentionLayer(cfg.dim, cfg.heads, cfg.ffn_mult, cfg.dropout, cfg.quantize, name=f"matt_{i}")
-                    for i in range(cfg.dec_layers)]
+        self.dec = [MergedAttentionLayer(cfg.dim, cfg.heads, cfg.ffn_mult, cfg.dropout, cfg.quantize, seed=i,
+                                         name=f"matt_{i}") for i in range(cfg.dec_layers)]
         self.out = QDense(VOCAB_SIZE, quantize=cfg.quantize, quantize_output=False, name="byte_logits")
 
     def build(self, input_shape=None):
@@ -236,8 +229,8 @@ class ByteSeq2Seq(keras.Model):
 
     def step(self, prev_ids, t, caches, kv, mask):
         """prev_ids [B] int32, t scalar int32 (1-based) -> logits [B, 259], new caches."""
-        y = self._inputs(prev_ids[:, None], tf.gather(self.pos, t - 1)[None, None], False)
-        tf_t = tf.cast(t, tf.float32)
+        y = self._inputs(prev_ids[:, None], ops.take(self.pos, t - 1, axis=0)[None, None], False)
+        tf_t = ops.cast(t, "float32")
         new = []
         for layer, c, (k, v) in zip(self.dec, caches, kv):
             y, c = layer.step(y, tf_t, c, k, v, mask)
@@ -247,7 +240,7 @@ class ByteSeq2Seq(keras.Model):
 
 def build_seq2seq(cfg: Seq2SeqConfig) -> ByteSeq2Seq:
     m = ByteSeq2Seq(cfg)
-    m((tf.zeros([1, cfg.src_len], tf.int32), tf.zeros([1, cfg.tgt_len], tf.int32)))
+    m((np.zeros((1, cfg.src_len), np.int32), np.zeros((1, cfg.tgt_len), np.int32)))
     return m
 
 
@@ -319,12 +312,13 @@ def beam_search(model, src, beam: int = 4, max_len: int = None, alpha: float = 0
     With `quant`, the step logits are quantized to uint8 before scoring."""
     cfg = model.cfg
     max_len = max_len or cfg.tgt_len
+    src = check_ids(src, cfg.src_len)
     n = len(src)
-    kv, mask = model.encode(tf.constant(src), training=False)
-    rep = lambda x: tf.repeat(x, beam, axis=0)
+    kv, mask = model.encode(ops.convert_to_tensor(src), training=False)
+    rep = lambda x: ops.repeat(x, beam, axis=0)
     kv = [(rep(k), rep(v)) for k, v in kv]
     mask = rep(mask)
-    caches = [tf.zeros([n * beam, 1, cfg.dim]) for _ in model.dec]
+    caches = [ops.zeros((n * beam, 1, cfg.dim)) for _ in model.dec]
     step_fn = step_fn or make_step_fn(model)
     vocab_mask = np.ones(VOCAB_SIZE, bool)
     vocab_mask[[PAD_ID, UNK_ID]] = False
@@ -335,8 +329,8 @@ def beam_search(model, src, beam: int = 4, max_len: int = None, alpha: float = 0
     finished = [[] for _ in range(n)]
     done = np.zeros(n, bool)
     for i in range(max_len):
-        logits, caches = step_fn(tf.constant(prev), tf.constant(i + 1, tf.int32), caches, kv, mask)
-        logits = logits.numpy().reshape(n, beam, VOCAB_SIZE)
+        logits, caches = step_fn(ops.convert_to_tensor(prev), ops.convert_to_tensor(np.int32(i + 1)), caches, kv, mask)
+        logits = ops.convert_to_numpy(logits).reshape(n, beam, VOCAB_SIZE)
         if quant is None:
             logp = float_log_probs(logits, vocab_mask)
         else:
@@ -373,7 +367,7 @@ def beam_search(model, src, beam: int = 4, max_len: int = None, alpha: float = 0
             break
         scores, seqs = new_scores, new_seqs
         gather = (np.arange(n)[:, None] * beam + src_beam).ravel()
-        caches = [tf.gather(c, gather) for c in caches]
+        caches = [ops.take(c, ops.convert_to_tensor(gather), axis=0) for c in caches]
         prev = new_prev.ravel()
     best, best_scores = [], []
     for b in range(n):
@@ -388,7 +382,9 @@ def beam_search(model, src, beam: int = 4, max_len: int = None, alpha: float = 0
 
 
 def make_step_fn(model):
-    return tf.function(model.step, reduce_retracing=True)
+    """model.step compiled for the backend (tf.function / jax.jit; the weights are constants of the compiled
+    step, which is right for decoding with fixed weights)."""
+    return jit(model.step)
 
 
 def byte_accuracy(pred_ids_list, targets) -> float:
@@ -411,50 +407,47 @@ def step_time_vs_length(lengths=(16, 32, 64, 128, 256), batch: int = 64, dim: in
                         layers: int = 2, mem_len: int = 32, repeat: int = 15, seed: int = 0) -> dict:
     """Seconds (best of `repeat`) of ONE decoder step when the output so far has t tokens, for a merged-attention
     decoder (cache [B, 1, D] per layer) and a standard decoder (key/value caches [B, H, t, D/H]).
-    Both use the same width, heads, FFN and layers; random weights (timing only); no quantization."""
+    Both use the same width, heads, FFN and layers; random weights (timing only); no quantization; each step
+    compiled for the backend (tf.function / jax.jit), timed until its result is on the host."""
     from labkit import time_it
-    tf.random.set_seed(seed)
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    normal = lambda *shape: ops.convert_to_tensor(rng.normal(size=shape).astype(np.float32))
     matt = [MergedAttentionLayer(dim, heads, 2, 0.0, quantize=False) for _ in range(layers)]
     std = [StandardDecoderLayer(dim, heads, 2, quantize=False) for _ in range(layers)]
-    mem = tf.random.normal([batch, mem_len, dim])
-    mem_mask = tf.ones([batch, mem_len])
-    y = tf.random.normal([batch, 1, dim])
+    mem = normal(batch, mem_len, dim)
+    mem_mask = ops.ones((batch, mem_len))
+    y = normal(batch, 1, dim)
+    dh = dim // heads
     for layer in matt:  # build
         k, v = layer.cross.memory_kv(mem)
-        layer.step(y, 1.0, tf.zeros([batch, 1, dim]), k, v, mem_mask)
-    kv_m = [layer.cross.memory_kv(mem) for layer in matt]
-    dh = dim // heads
+        layer.step(y, 1.0, ops.zeros((batch, 1, dim)), k, v, mem_mask)
     for layer in std:
         k, v = layer.cross.memory_kv(mem)
-        layer.step(y, tf.zeros([batch, heads, 1, dh]), tf.zeros([batch, heads, 1, dh]), k, v, mem_mask)
+        layer.step(y, ops.zeros((batch, heads, 1, dh)), ops.zeros((batch, heads, 1, dh)), k, v, mem_mask)
+    kv_m = [layer.cross.memory_kv(mem) for layer in matt]
     kv_s = [layer.cross.memory_kv(mem) for layer in std]
 
-    @tf.function
     def matt_step(y, t, caches):
-        out = []
         for layer, c, (k, v) in zip(matt, caches, kv_m):
-            y, c = layer.step(y, t, c, k, v, mem_mask)
-            out.append(c)
-        return y, out
+            y, _ = layer.step(y, t, c, k, v, mem_mask)
+        return y
 
-    spec = tf.TensorSpec([batch, heads, None, dh], tf.float32)
-
-    @tf.function(input_signature=[tf.TensorSpec([batch, 1, dim], tf.float32), [spec] * layers, [spec] * layers])
     def std_step(y, kc, vc):
-        nk, nv = [], []
         for layer, a, b, (k, v) in zip(std, kc, vc, kv_s):
-            y, a, b = layer.step(y, a, b, k, v, mem_mask)
-            nk.append(a)
-            nv.append(b)
-        return y, nk, nv
+            y, _, _ = layer.step(y, a, b, k, v, mem_mask)
+        return y
 
+    matt_step, std_step = jit(matt_step), jit(std_step)
     res = {"lengths": list(lengths), "fixed_s": [], "growing_s": []}
     for t in lengths:
-        caches = [tf.random.normal([batch, 1, dim]) for _ in range(layers)]
-        tt = tf.constant(float(t))
-        # best of `repeat` (the least disturbed by other processes on a shared CPU)
-        res["fixed_s"].append(min(time_it(lambda: matt_step(y, tt, caches)[0].numpy(), repeat=repeat, warmup=3).samples))
-        kc = [tf.random.normal([batch, heads, t, dh]) for _ in range(layers)]
-        vc = [tf.random.normal([batch, heads, t, dh]) for _ in range(layers)]
-        res["growing_s"].append(min(time_it(lambda: std_step(y, kc, vc)[0].numpy(), repeat=repeat, warmup=3).samples))
+        caches = [normal(batch, 1, dim) for _ in range(layers)]
+        tt = ops.convert_to_tensor(np.float32(t))
+        # best of `repeat` (the least disturbed by other processes on a shared machine)
+        res["fixed_s"].append(min(time_it(lambda: ops.convert_to_numpy(matt_step(y, tt, caches)),
+                                          repeat=repeat, warmup=3).samples))
+        kc = [normal(batch, heads, t, dh) for _ in range(layers)]
+        vc = [normal(batch, heads, t, dh) for _ in range(layers)]
+        res["growing_s"].append(min(time_it(lambda: ops.convert_to_numpy(std_step(y, kc, vc)),
+                                            repeat=repeat, warmup=3).samples))
     return res

@@ -1,5 +1,5 @@
-"""Training and evaluation helpers for the byte classifiers (Keras `fit` with a labkit progress bar),
-AUC per language and overall, and per-example CPU latency of a Keras model."""
+"""Training and evaluation helpers for the byte classifiers (Keras `fit` with a labkit progress bar; any
+Keras backend), AUC per language and overall, and per-example latency of a Keras model."""
 from __future__ import annotations
 
 import time
@@ -7,11 +7,11 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 import keras
 from sklearn.metrics import roc_auc_score
 
-from bq_layers import encode_bytes
+from bq_backend import jit
+from bq_layers import check_ids, encode_bytes
 
 
 class ProgressCallback(keras.callbacks.Callback):
@@ -41,9 +41,9 @@ def encode_split(df: pd.DataFrame, max_len: int):
 
 
 def train_classifier(model, x, y, steps: int, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
-                     desc: str = "train", pos_weight: Optional[float] = None) -> list:
-    """Adam with linear warm-up and decay, BCE on the logit, `steps` batches sampled with
-    replacement-free epochs. Returns the per-step loss curve."""
+                     desc: str = "train", pos_weight: Optional[float] = None, jit_compile="auto") -> list:
+    """Adam with linear decay, BCE on the logit, `steps` batches sampled with replacement-free epochs
+    (`jit_compile=False`: no XLA compile, for a few steps in tests). Returns the per-step loss curve."""
     n = len(x)
     steps_per_epoch = int(np.ceil(n / batch_size))
     epochs = int(np.ceil(steps / steps_per_epoch))
@@ -52,7 +52,7 @@ def train_classifier(model, x, y, steps: int, batch_size: int = 32, lr: float = 
     xs, ys = x[order], y[order]
     sched = keras.optimizers.schedules.PolynomialDecay(lr, decay_steps=steps, end_learning_rate=lr * 0.05)
     model.compile(optimizer=keras.optimizers.Adam(sched, clipnorm=1.0),
-                  loss=keras.losses.BinaryCrossentropy(from_logits=True))
+                  loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=jit_compile)
     w = None
     if pos_weight:
         w = np.where(ys[:, 0] > 0.5, pos_weight, 1.0).astype(np.float32)
@@ -62,8 +62,20 @@ def train_classifier(model, x, y, steps: int, batch_size: int = 32, lr: float = 
     return cb.losses
 
 
+def predict_padded(model, x, batch_size: int) -> np.ndarray:
+    """model.predict with the last batch padded to full size (with PAD ids): one batch shape, so XLA
+    (JAX, or TF with jit_compile) compiles the predict step once instead of twice."""
+    n = len(x)
+    pad = (-n) % batch_size
+    if pad:
+        x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0))[:n]
+
+
 def predict_logits(model, x, batch_size: int = 256) -> np.ndarray:
-    return model.predict(x, batch_size=batch_size, verbose=0)[:, 0]
+    """Logits [N] of a classifier for byte ids [N, max_len] (checked: see bq_layers.check_ids)."""
+    x = check_ids(x, model.cfg.max_len)
+    return predict_padded(model, x, min(batch_size, len(x)))[:, 0]
 
 
 def auc_table(df: pd.DataFrame, scores) -> dict:
@@ -78,13 +90,13 @@ def auc_table(df: pd.DataFrame, scores) -> dict:
 
 
 def keras_latency_per_example(model, x, repeat: int = 3) -> float:
-    """Median seconds per example, batch 1, through a traced tf.function (no Python overhead of
-    model.predict)."""
+    """Median seconds per example, batch 1, through the backend's compiled function (tf.function or
+    jax.jit: no Python overhead of model.predict)."""
     from labkit import time_it
-    fn = tf.function(lambda ids: model(ids, training=False), reduce_retracing=True)
-    xs = [tf.constant(x[i:i + 1]) for i in range(len(x))]
+    fn = jit(lambda ids: model(ids, training=False))
+    xs = [keras.ops.convert_to_tensor(r[None]) for r in check_ids(x, model.cfg.max_len)]
 
     def run():
         for xi in xs:
-            fn(xi)
+            keras.ops.convert_to_numpy(fn(xi))
     return time_it(run, repeat=repeat, warmup=1).median / len(xs)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from bq_layers import EOS_ID, PAD_ID, UNK_ID, _masked_block_mean, downsample_mean
 
@@ -11,7 +11,7 @@ def gbst_uniform_mix(x, mask, max_block_size: int = 4, downsample_rate: int = 2)
     """Exercise 1: GBST without learned scores (every block size weighted 1/M), i.e. the plain
     average of the candidate blocks, then the same downsampling. x [B, L, D], mask [B, L]."""
     cands = [x] + [_masked_block_mean(x, mask, b)[0] for b in range(2, max_block_size + 1)]
-    mixed = tf.add_n(cands) / float(max_block_size) * mask[..., None]
+    mixed = sum(cands) / float(max_block_size) * mask[..., None]
     return downsample_mean(mixed, mask, downsample_rate)
 
 
@@ -28,14 +28,15 @@ def per_channel_int8(w: np.ndarray):
 def greedy_decode(model, src, max_len: int):
     """Exercise 3: greedy decoding with the fixed-size merged-attention cache."""
     n = len(src)
-    kv, mask = model.encode(tf.constant(src))
-    caches = [tf.zeros([n, 1, model.cfg.dim]) for _ in model.dec]
+    kv, mask = model.encode(ops.convert_to_tensor(src))
+    caches = [ops.zeros((n, 1, model.cfg.dim)) for _ in model.dec]
     prev = np.full(n, PAD_ID, np.int32)
     out = [[] for _ in range(n)]
     alive = np.ones(n, bool)
     for i in range(max_len):
-        logits, caches = model.step(tf.constant(prev), tf.constant(i + 1), caches, kv, mask)
-        lg = logits.numpy()
+        logits, caches = model.step(ops.convert_to_tensor(prev), ops.convert_to_tensor(np.int32(i + 1)),
+                                    caches, kv, mask)
+        lg = ops.convert_to_numpy(logits).copy()
         lg[:, [PAD_ID, UNK_ID]] = -np.inf
         prev = lg.argmax(-1).astype(np.int32)
         for b in range(n):

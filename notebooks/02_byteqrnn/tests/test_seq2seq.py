@@ -1,17 +1,19 @@
 """Merged-attention decoder: step-wise decoding equals the parallel form; fixed-size cache;
 uint8 scores; beam search."""
 import numpy as np
-import tensorflow as tf
+import keras
+from keras import ops
 
 import bq_seq2seq as S
 from bq_models import ByteConfig
+from backend_utils import N, T, normal
 
 CFG = S.Seq2SeqConfig(src_len=24, tgt_len=16, dim=16, dec_layers=2, heads=2, quantize=False, dropout=0.0,
                       encoder=ByteConfig(embed_dim=8, bottleneck=8, state=8, layers=1, num_classes=0))
 
 
 def _model():
-    tf.random.set_seed(0)
+    keras.utils.set_random_seed(0)
     return S.build_seq2seq(CFG)
 
 
@@ -30,34 +32,34 @@ def test_stepwise_decoding_equals_parallel_training_form():
     rng = np.random.default_rng(1)
     src = rng.integers(3, 200, size=(3, 24)).astype(np.int32)
     dec_in = rng.integers(3, 200, size=(3, 16)).astype(np.int32)
-    par = m((tf.constant(src), tf.constant(dec_in)), training=False).numpy()
-    kv, mask = m.encode(tf.constant(src))
-    caches = [tf.zeros([3, 1, CFG.dim]) for _ in m.dec]
+    par = N(m((T(src), T(dec_in)), training=False))
+    kv, mask = m.encode(T(src))
+    caches = [ops.zeros((3, 1, CFG.dim)) for _ in m.dec]
     for i in range(16):
-        logits, caches = m.step(tf.constant(dec_in[:, i]), tf.constant(i + 1), caches, kv, mask)
+        logits, caches = m.step(T(dec_in[:, i]), T(np.int32(i + 1)), caches, kv, mask)
         assert all(c.shape == (3, 1, CFG.dim) for c in caches)          # the cache never grows
-        assert np.allclose(logits.numpy(), par[:, i], atol=1e-4)
+        assert np.allclose(N(logits), par[:, i], atol=1e-4)
 
 
 def test_uniform_attention_cache_is_running_sum():
     layer = S.MergedAttentionLayer(8, 2, quantize=False, dropout=0.0)
-    y = tf.random.normal([2, 5, 8], seed=2)
-    mem = tf.random.normal([2, 4, 8], seed=3)
+    y = normal(2, 5, 8, seed=2)
+    mem = normal(2, 4, 8, seed=3)
     k, v = layer.cross.memory_kv(mem)
-    layer(y, k, v, tf.ones([2, 4]))
-    c = tf.zeros([2, 1, 8])
+    layer(y, k, v, ops.ones((2, 4)))
+    c = ops.zeros((2, 1, 8))
     for t in range(5):
-        _, c = layer.step(y[:, t:t + 1], float(t + 1), c, k, v, tf.ones([2, 4]))
-    assert np.allclose(c.numpy()[:, 0], y.numpy().sum(1), atol=1e-5)
+        _, c = layer.step(y[:, t:t + 1], float(t + 1), c, k, v, ops.ones((2, 4)))
+    assert np.allclose(N(c)[:, 0], N(y).sum(1), atol=1e-5)
 
 
 def test_standard_cache_grows():
     layer = S.StandardDecoderLayer(8, 2)
-    mem = tf.random.normal([2, 4, 8])
+    mem = normal(2, 4, 8)
     k, v = layer.cross.memory_kv(mem)
-    kc = vc = tf.zeros([2, 2, 0, 4])
+    kc = vc = ops.zeros((2, 2, 0, 4))
     for t in range(3):
-        _, kc, vc = layer.step(tf.random.normal([2, 1, 8]), kc, vc, k, v, tf.ones([2, 4]))
+        _, kc, vc = layer.step(normal(2, 1, 8, seed=t), kc, vc, k, v, ops.ones((2, 4)))
     assert kc.shape == (2, 2, 3, 4)
 
 
@@ -83,14 +85,14 @@ def test_beam_one_is_greedy_and_beams_agree_on_a_trained_free_model():
     src = rng.integers(3, 200, size=(4, 24)).astype(np.int32)
     best, _ = S.beam_search(m, src, beam=1, max_len=8, alpha=0.0)  # no length penalty: beam 1 == greedy
     # greedy reference
-    kv, mask = m.encode(tf.constant(src))
-    caches = [tf.zeros([4, 1, CFG.dim]) for _ in m.dec]
+    kv, mask = m.encode(T(src))
+    caches = [ops.zeros((4, 1, CFG.dim)) for _ in m.dec]
     prev = np.full(4, S.START_ID, np.int32)
     greedy = [[] for _ in range(4)]
     alive = np.ones(4, bool)
     for i in range(8):
-        logits, caches = m.step(tf.constant(prev), tf.constant(i + 1), caches, kv, mask)
-        lg = logits.numpy()
+        logits, caches = m.step(T(prev), T(np.int32(i + 1)), caches, kv, mask)
+        lg = N(logits).copy()
         lg[:, [0, 2]] = -np.inf
         prev = lg.argmax(-1).astype(np.int32)
         for b in range(4):
@@ -102,3 +104,17 @@ def test_beam_one_is_greedy_and_beams_agree_on_a_trained_free_model():
     assert best == greedy
     bf, sf = S.beam_search(m, src, beam=3, max_len=8)
     assert len(bf) == 4 and all(np.isfinite(sf))
+
+
+def test_beam_search_rejects_out_of_range_ids():
+    import pytest
+    src = np.full((1, 24), 5, np.int32)
+    src[0, 3] = -1
+    with pytest.raises(ValueError, match="0..258"):
+        S.beam_search(_model(), src, beam=2, max_len=4)
+
+
+def test_step_time_measures_both_decoders():
+    r = S.step_time_vs_length(lengths=(4, 8), batch=2, dim=8, heads=2, layers=1, mem_len=4, repeat=2)
+    assert r["lengths"] == [4, 8] and len(r["fixed_s"]) == len(r["growing_s"]) == 2
+    assert all(t > 0 for t in r["fixed_s"] + r["growing_s"])
