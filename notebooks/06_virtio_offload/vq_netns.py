@@ -67,6 +67,8 @@ def netns_available() -> Tuple[bool, str]:
 
 
 def our_namespaces() -> List[str]:
+    if shutil.which("ip") is None:  # no iproute2 (e.g. a GPU container): none can exist, none were made
+        return []
     r = _ip("netns", "list", check=False)
     return [line.split()[0] for line in r.stdout.splitlines() if line.startswith(PREFIX)]
 

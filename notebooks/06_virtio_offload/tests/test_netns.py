@@ -52,3 +52,17 @@ def test_kernel_and_user_forwarding_measured_and_cleaned_up():
 
 def test_unavailable_reason_is_a_sentence():
     assert isinstance(WHY, str) and WHY
+
+
+def test_a_machine_without_iproute2_gets_defined_answers(monkeypatch):
+    """A GPU container without `ip` (seen on the H200 image): no crash, the notebook shows recorded numbers."""
+    import shutil
+    import vq_netns
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+
+    def no_ip(*args, **kw):
+        raise FileNotFoundError(2, "No such file or directory", "ip")
+    monkeypatch.setattr(vq_netns, "_ip", no_ip)
+    ok, why = vq_netns.netns_available()
+    assert not ok and "iproute2" in why
+    assert vq_netns.our_namespaces() == []
