@@ -24,6 +24,6 @@ if [ -z "${LABKIT_DATA_ROOT:-}" ]; then
 fi
 export LABKIT_STAGE_DIR="${LABKIT_STAGE_DIR:-$_tmp/labkit-stages}"   # resumable pieces survive between commands
 mkdir -p "$LABKIT_STAGE_DIR"
-[ -d build/stages ] && cp -an build/stages/. "$LABKIT_STAGE_DIR"/   # pieces carried back in from an earlier machine
-export MPLBACKEND=Agg HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONHASHSEED=0 PYTHONUNBUFFERED=1
+[ -d build/stages ] && cp -an build/stages/. "$LABKIT_STAGE_DIR"/ 2>/dev/null   # pieces carried back in from an earlier machine
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONHASHSEED=0 PYTHONUNBUFFERED=1
 python3 -c "import papermill, ipykernel, keras; print('gpu_image_env: papermill', papermill.__version__, '| keras', keras.__version__, keras.backend.backend())"
