@@ -2,6 +2,7 @@
 
     python ci/install_browser.py          # installs with apt-get when /usr/bin/chromium is missing
     python ci/install_browser.py --check  # only report; exit 1 when it is missing
+    python ci/install_browser.py --tools  # the Debian command-line tools that tests run (TOOLS below)
 
 Playwright drives this system browser (`executable_path=/usr/bin/chromium`); it never downloads
 its own (`playwright install` is not used). The launch settings live here too, so the tests and
@@ -18,6 +19,8 @@ from pathlib import Path
 
 CHROMIUM = Path(os.environ.get("LABKIT_CHROMIUM", "/usr/bin/chromium"))
 PACKAGE = "chromium"
+# command the tests run -> Debian package that provides it
+TOOLS = {"dciodvfy": "dicom3tools"}  # 05_monai: DICOM's own validator for the MR series and the SEG we write
 
 # Headless, no sandbox (CI containers run as root), no GPU, and no traffic of the browser's own
 # (updates, sync, QUIC probing) so that every request a page makes is one the page asked for.
@@ -74,6 +77,24 @@ def _apt(prefix: list, *args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
+def install_tools() -> int:
+    missing = sorted({pkg for cmd, pkg in TOOLS.items() if shutil.which(cmd) is None})
+    if missing:
+        if shutil.which("apt-get") is None:
+            raise SystemExit(f"missing {missing} and no apt-get here: install them with your package manager")
+        prefix = _sudo_prefix()
+        try:
+            _apt(prefix, "install", "-y", "--no-install-recommends", *missing)
+        except subprocess.CalledProcessError:
+            _apt(prefix, "update")
+            _apt(prefix, "install", "-y", "--no-install-recommends", *missing)
+    still = [cmd for cmd in TOOLS if shutil.which(cmd) is None]
+    if still:
+        raise SystemExit(f"[tools] still missing after apt-get: {still}")
+    print("[tools] " + ", ".join(f"{cmd} ({pkg})" for cmd, pkg in TOOLS.items()) + ": present")
+    return 0
+
+
 def install() -> None:
     if shutil.which("apt-get") is None:
         raise SystemExit(f"{CHROMIUM} is missing and this system has no apt-get: install Chromium with "
@@ -95,7 +116,10 @@ def install() -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="only check, never install")
+    ap.add_argument("--tools", action="store_true", help="install the Debian tools the tests run, not the browser")
     args = ap.parse_args(argv)
+    if args.tools:
+        return install_tools()
     version = chromium_version()
     if version:
         print(f"[browser] {CHROMIUM}: {version}")

@@ -56,6 +56,8 @@ def main(argv=None) -> int:
     if "unit" not in skip:
         plan.append(("labkit", lambda: pytest_suite("labkit", ["shared/tests"])))
     if "topics" not in skip:
+        # command-line tools some topic tests run (e.g. dciodvfy for 05's DICOM): installed, not skipped
+        plan.append(("Debian test tools", lambda: script_suite("tools", [PY, "ci/install_browser.py", "--tools"])))
         meta = metadata()
         for f in folders:
             if not (NOTEBOOKS / f / "tests").is_dir():
