@@ -686,7 +686,8 @@ def build(src: Path, out: Path, summary_path: Path = BUILD / "summary.json", qui
                 atomic_write_text(out / full["page"], page)
                 full["errors"] = error_count(nb)
                 entry["title"] = entry["title"] or nb.metadata["title"]
-                figure_nb = nb  # the full run's figure shows what the topic does at scale
+                if card_figure(nb) is not None:  # the full run's figure shows what the topic does at scale
+                    figure_nb = nb
                 if not quiet:
                     print(f"[site] {folder}: {full['path']} -> {out / full['page']}")
         if full and full.get("error"):

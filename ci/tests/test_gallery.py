@@ -168,3 +168,25 @@ def test_run_times_read_as_utc():
     assert build_site.fmt_when("2026-11-30T17:04:05+02:00") == "2026-11-30 15:04 UTC"
     assert build_site.fmt_when("2026-11-26") == "2026-11-26"
     assert build_site.fmt_when(None) == "?" and build_site.fmt_when("last <b>week</b>") == "last &lt;b&gt;week&lt;/b&gt;"
+
+
+def test_a_full_run_without_figures_keeps_the_smoke_runs_figure(tmp_path):
+    """A full run whose plots were not captured (as on 2026-11-30, MPLBACKEND=Agg) must not blank the card."""
+    notebooks = tmp_path / "notebooks"
+    (notebooks / FULL).mkdir(parents=True)
+    shutil.copy(ROOT / "notebooks" / FULL / f"{FULL}.ipynb", notebooks / FULL)
+    smoke = nbformat.read(notebooks / FULL / f"{FULL}.ipynb", as_version=4)
+    assert build_site.card_figure(smoke) is not None
+    bare = as_full_run(smoke, RUN, root="/home/gpu-runner/repo", folder=FULL)
+    for cell in bare.cells:
+        cell["outputs"] = [o for o in cell.get("outputs", []) if "image/png" not in o.get("data", {})]
+    executed = tmp_path / "executed.ipynb"
+    nbformat.write(bare, executed)
+    ref = json.loads((ROOT / "notebooks" / FULL / "results" / "full.json").read_text())
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(dict(ref, run_id=RUN, machine=MACHINE, created="2026-11-30")))
+    full_runs.publish(executed, FULL, results, notebooks=notebooks)
+    entries = build_site.build(notebooks, tmp_path / "site", summary_path=tmp_path / "none.json", quiet=True,
+                               notebooks=notebooks)
+    entry = {e["folder"]: e for e in entries}[FULL]
+    assert entry["full"] and entry["full"].get("page") and entry["figure"] == f"img/{FULL}.png"
