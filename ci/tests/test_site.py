@@ -168,7 +168,10 @@ def test_missing_notebooks_are_listed_as_not_built(tmp_path):
     assert entries and all(e["page"] is None for e in entries)
     assert index.count("lk-not-built") == len(entries)
     assert "FAILED" in index and "ValueError: nope" in index and "12 s" in index
-    assert list((tmp_path / "site").glob("*.html")) == [tmp_path / "site" / "index.html"]
+    # no smoke page is made; a topic's committed full run (results/full.ipynb) still gets its own page
+    with_full = {p.parents[1].name for p in (build_site.ROOT / "notebooks").glob("*/results/full.ipynb")}
+    pages = sorted(p.name for p in (tmp_path / "site").glob("*.html"))
+    assert pages == sorted(["index.html"] + [f"{f}.full.html" for f in with_full])
 
 
 def test_notebook_found_in_a_topic_folder_and_stale_pages_removed(tmp_path):
