@@ -81,6 +81,8 @@ def machine_info(framework: str = "torch") -> dict:
     except OSError:
         pass
     gpu, gpu_count = None, 0
+    if framework == "keras":  # report the GPU Keras' backend computes on
+        framework = keras_backend()
     if framework == "torch":
         try:
             import torch
@@ -89,7 +91,7 @@ def machine_info(framework: str = "torch") -> dict:
                 gpu = torch.cuda.get_device_name(0)
         except ImportError:
             pass
-    elif framework == "jax" or (framework == "keras" and keras_backend() == "jax"):
+    elif framework == "jax":
         gpu_count = _gpu_count("jax")
         if gpu_count:
             import jax
@@ -115,8 +117,8 @@ def environment_report(framework: str = "torch", show: bool = True) -> dict:
     if show:
         print(f"python {info['python']} | CPU: {info['cpu']}")
         print(f"GPU: {info['gpu'] or 'none'} (count {info['gpu_count']})")
-    if framework == "keras":
-        print(f"Keras backend: {keras_backend()}")
+        if framework == "keras":
+            print(f"Keras backend: {keras_backend()}")
         print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
     return info
 

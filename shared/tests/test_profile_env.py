@@ -59,7 +59,10 @@ def test_environment_report_has_the_contract_fields(capsys):
     info = labkit.environment_report()
     assert {"cpu", "gpu", "gpu_count", "versions"} <= set(info)
     assert info["versions"]["numpy"] == np.__version__
-    assert "GPU:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "GPU:" in out and f"numpy {np.__version__}" in out and "Keras backend" not in out
+    labkit.environment_report(show=False)
+    assert capsys.readouterr().out == ""
 
 
 def test_stage_dir_follows_env_and_is_per_notebook_and_profile(tmp_path, monkeypatch):
