@@ -47,11 +47,10 @@ def main(argv=None) -> int:
         run(sys.executable, "-m", "venv", str(VENV))
     py = str(VENV / "bin" / "python")
     run(py, "-m", "pip", "install", "-q", "--upgrade", "pip==26.3", "setuptools==84.2.1", "wheel")
-    if flavour == "gpu" and STAMP.exists() and not STAMP.read_text().startswith("gpu"):
-        # the CPU builds' files would stay beside the CUDA ones under the same import names
-        run(py, "-m", "pip", "uninstall", "-q", "-y", "torch", "tensorflow-cpu")
-    if flavour == "cpu" and STAMP.exists() and STAMP.read_text().startswith("gpu"):
-        run(py, "-m", "pip", "uninstall", "-q", "-y", "torch", "tensorflow")
+    previous = STAMP.read_text().split()[0] if STAMP.exists() else None
+    if previous in LOCKS and previous != flavour:
+        # switching builds: the other build's files would stay beside these under the same import names
+        run(py, "-m", "pip", "uninstall", "-q", "-y", "torch", "tensorflow", "tensorflow-cpu")
     run(py, "-m", "pip", "install", "-q", "-r", str(lock))
     run(py, "-m", "pip", "install", "-q", "--no-deps", "-r", str(NODEPS))
     run(py, "-m", "pip", "install", "-q", "--no-deps", "-e", str(ROOT / "shared"))

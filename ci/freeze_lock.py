@@ -2,8 +2,8 @@
 `pip install -r requirements.in`), then requirements/lock-gpu.txt by pip's resolver.
 
 The GPU lock is the CPU lock with the CUDA builds swapped in (GPU_SWAPS below: torch's default PyPI
-build, TensorFlow with its CUDA extra, JAX with its CUDA 12 plugin) and every other pin held to the
-CPU lock's version by passing lock.txt as constraints. pip resolves it for this platform (Linux
+build, TensorFlow with its CUDA extra, JAX with its CUDA 12 plugin) and every other package pinned to
+the CPU lock's version (all of lock.txt is passed as exact requirements). pip resolves it for this platform (Linux
 x86_64, the pinned Python) from PyPI itself (--isolated: no local wheel folders, whose CPU torch would
 otherwise win), without installing anything (--dry-run --report). It downloads the large CUDA wheels
 to read their metadata: expect several minutes. `--gpu-only` redoes just the GPU lock.

@@ -17,6 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import freeze_lock  # noqa: E402  (the lock's parser, one place)
+
 ROOT = Path(__file__).resolve().parents[1]
 # What papermill needs that an image with torch/JAX/numpy/pyyaml/requests/tqdm/psutil/pygments/aiohttp
 # usually lacks (read from the wheels' Requires-Dist), and Keras 3 for the Keras topics' JAX backend.
@@ -32,27 +35,18 @@ GROUPS = {
 PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in (28, 27, 26, 17, 12, 5)] + ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
 
 
-def lock_versions() -> dict:
-    out = {}
-    for line in (ROOT / "requirements" / "lock.txt").read_text().splitlines():
-        if "==" in line and not line.startswith("#"):
-            name, version = line.split("==", 1)
-            out[name.strip().lower().replace("_", "-")] = version.strip()
-    return out
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--python", default="3.12", help="the image's Python version")
     ap.add_argument("--dest", default=str(ROOT / ".whl"))
     ap.add_argument("--only", choices=sorted(GROUPS), action="append")
     args = ap.parse_args(argv)
-    pins = lock_versions()
+    pins = freeze_lock.pins(ROOT / "requirements" / "lock.txt")
     names = [n for g in (args.only or sorted(GROUPS)) for n in GROUPS[g]]
-    missing = [n for n in names if n.lower().replace("_", "-") not in pins]
+    missing = [n for n in names if freeze_lock.name(n) not in pins]
     if missing:
         raise SystemExit(f"not pinned in requirements/lock.txt: {missing}")
-    reqs = [f"{n}=={pins[n.lower().replace('_', '-')]}" for n in names]
+    reqs = [f"{n}=={pins[freeze_lock.name(n)]}" for n in names]
     abi = "cp" + args.python.replace(".", "")
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", args.dest,
            "--python-version", args.python, "--implementation", "cp", "--abi", abi, "--abi", "abi3", "--abi", "none"]

@@ -77,17 +77,21 @@ def _apt(prefix: list, *args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
+def _apt_install(prefix: list, *packages: str) -> None:
+    """Try straight away (the package lists may be fresh); on failure refresh them and retry once."""
+    try:
+        _apt(prefix, "install", "-y", "--no-install-recommends", *packages)
+    except subprocess.CalledProcessError:
+        _apt(prefix, "update")
+        _apt(prefix, "install", "-y", "--no-install-recommends", *packages)
+
+
 def install_tools() -> int:
     missing = sorted({pkg for cmd, pkg in TOOLS.items() if shutil.which(cmd) is None})
     if missing:
         if shutil.which("apt-get") is None:
             raise SystemExit(f"missing {missing} and no apt-get here: install them with your package manager")
-        prefix = _sudo_prefix()
-        try:
-            _apt(prefix, "install", "-y", "--no-install-recommends", *missing)
-        except subprocess.CalledProcessError:
-            _apt(prefix, "update")
-            _apt(prefix, "install", "-y", "--no-install-recommends", *missing)
+        _apt_install(_sudo_prefix(), *missing)
     still = [cmd for cmd in TOOLS if shutil.which(cmd) is None]
     if still:
         raise SystemExit(f"[tools] still missing after apt-get: {still}")
@@ -99,18 +103,12 @@ def install() -> None:
     if shutil.which("apt-get") is None:
         raise SystemExit(f"{CHROMIUM} is missing and this system has no apt-get: install Chromium with "
                          f"your package manager and point LABKIT_CHROMIUM at the binary.")
-    prefix = _sudo_prefix()
-    # Try straight away (the package lists may be fresh); on failure refresh them and retry.
     try:
-        _apt(prefix, "install", "-y", "--no-install-recommends", PACKAGE)
+        _apt_install(_sudo_prefix(), PACKAGE)
     except subprocess.CalledProcessError:
-        _apt(prefix, "update")
-        try:
-            _apt(prefix, "install", "-y", "--no-install-recommends", PACKAGE)
-        except subprocess.CalledProcessError:
-            raise SystemExit(f"`apt-get install {PACKAGE}` failed (on Ubuntu the package is a snap "
-                             f"wrapper): install Chrome or Chromium another way and set LABKIT_CHROMIUM "
-                             f"to its binary (e.g. /usr/bin/google-chrome).") from None
+        raise SystemExit(f"`apt-get install {PACKAGE}` failed (on Ubuntu the package is a snap "
+                         f"wrapper): install Chrome or Chromium another way and set LABKIT_CHROMIUM "
+                         f"to its binary (e.g. /usr/bin/google-chrome).") from None
 
 
 def main(argv=None) -> int:
