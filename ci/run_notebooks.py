@@ -39,6 +39,13 @@ def first_error(executed: Path):
     return None
 
 
+def write_atomic(nb, path: Path) -> None:
+    """Write a notebook beside `path`, then rename: nobody reads half a notebook."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    nbformat.write(nb, tmp)
+    tmp.replace(path)
+
+
 def new_run_id(folder: str, profile: str) -> str:
     """One id per notebook run, shared by its executed notebook and its results file."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -56,9 +63,7 @@ def stamp_notebook(executed: Path, run_id: str, profile: str, results: dict | No
     nb.metadata["labkit"] = {"run_id": run_id, "profile": profile,
                              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                              "machine": (results or {}).get("machine")}
-    tmp = executed.with_name(f".{executed.name}.tmp")
-    nbformat.write(nb, tmp)
-    tmp.replace(executed)
+    write_atomic(nb, executed)
 
 
 def run_one(folder: str, profile: str, device: str, timeout_min: float, extra: list) -> dict:
@@ -109,9 +114,7 @@ def commit_outputs(executed: Path, committed: Path) -> None:
         c.metadata.pop("papermill", None)
         c.metadata.get("execution", {}).clear()
         c.metadata.pop("execution", None)
-    tmp = committed.with_suffix(".ipynb.tmp")
-    nbformat.write(nb, tmp)
-    tmp.replace(committed)
+    write_atomic(nb, committed)
 
 
 def key_metrics(metrics: dict, preferred=(), limit: int = 4) -> str:
