@@ -245,8 +245,9 @@ def full_run_problems(topic_dir: Path, max_bytes: int = MAX_BYTES) -> list:
 # ---------------------------------------------------------------- publish
 
 def publish(executed: Path, folder: str, results: Path | None = None, notebooks: Path = NOTEBOOKS,
-            max_bytes: int = MAX_BYTES) -> Path:
-    """Write notebooks/<folder>/results/full.ipynb (and full.json from `results`); returns the notebook path."""
+            max_bytes: int = MAX_BYTES, allow_no_figures: bool = False) -> Path:
+    """Write notebooks/<folder>/results/full.ipynb (and full.json from `results`); returns the notebook path.
+    A run with no figures where the committed smoke run has some is refused unless `allow_no_figures`."""
     topic = notebooks / folder
     if not (topic / f"{folder}.ipynb").exists():
         raise PublishError(f"{topic / (folder + '.ipynb')} does not exist: {folder!r} is not a topic folder")
@@ -257,6 +258,11 @@ def publish(executed: Path, folder: str, results: Path | None = None, notebooks:
     except Exception as err:
         raise PublishError(f"{executed} is not a readable notebook ({type(err).__name__}: {err})")
     problems = profile_problems(nb) + run_errors(nb)
+    smoke_figures = len(png_outputs(nbformat.read(topic / f"{folder}.ipynb", as_version=4)))
+    if smoke_figures and not png_outputs(nb) and not allow_no_figures:
+        # what happened on the GPU image with MPLBACKEND=Agg: every plot silently missing
+        problems.append(f"no figures, where the committed smoke run shows {smoke_figures} (a non-inline "
+                        "MPLBACKEND in the run's environment?); --allow-no-figures if that is intended")
     run_id = labkit_meta(nb).get("run_id")
     if not run_id:
         problems.append("no metadata.labkit.run_id: run with $LABKIT_RUN_ID set and write it into the notebook")
@@ -291,12 +297,14 @@ def main(argv=None) -> int:
     p.add_argument("folder")
     p.add_argument("--results", type=Path, help="the same run's results file, copied to results/full.json")
     p.add_argument("--max-mb", type=float, default=MAX_BYTES / 1e6)
+    p.add_argument("--allow-no-figures", action="store_true", help="publish although the smoke run has figures")
     c = sub.add_parser("check", help="check committed reference runs (all topics unless named)")
     c.add_argument("folders", nargs="*")
     args = ap.parse_args(argv)
     if args.cmd == "publish":
         try:
-            target = publish(args.executed, args.folder, args.results, max_bytes=int(args.max_mb * 1e6))
+            target = publish(args.executed, args.folder, args.results, max_bytes=int(args.max_mb * 1e6),
+                             allow_no_figures=args.allow_no_figures)
         except PublishError as err:
             print(f"[full_runs] {err}", file=sys.stderr)
             return 1

@@ -15,6 +15,7 @@ fi
 export PYTHONPATH="$LABKIT_GPU_SITE:$PWD/shared${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$LABKIT_GPU_SITE/bin:$PATH"
 export KERAS_BACKEND="${KERAS_BACKEND:-jax}"          # the image has CUDA JAX, no TensorFlow
+unset MPLBACKEND   # a non-inline backend (Agg) hides every plot from the executed notebook; the kernel picks inline
 # Data folders carried in ./data are merged into the temp data root, so a later command on the same warm
 # machine needs not carry them again (what travels per command is limited).
 if [ -z "${LABKIT_DATA_ROOT:-}" ]; then

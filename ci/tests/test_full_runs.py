@@ -160,3 +160,14 @@ def test_a_notebook_stamped_by_the_runner_publishes(tmp_path, topic):
     res = results_file(tmp_path / "build" / "98_synthetic.full.json", RUN)
     full_runs.publish(path, topic.name, res, notebooks=topic.parent)
     assert full_runs.full_run_problems(topic) == []
+
+
+def test_publish_refuses_a_run_that_lost_the_smoke_runs_figures(tmp_path, topic):
+    """The H200 runs of 2026-11-30 ran with MPLBACKEND=Agg and came back with no plots at all."""
+    smoke = nbformat.read(topic / f"{topic.name}.ipynb", as_version=4)
+    smoke.cells += synthetic_executed(RUN).cells[-1:]          # the smoke notebook shows one figure
+    nbformat.write(smoke, topic / f"{topic.name}.ipynb")
+    with pytest.raises(full_runs.PublishError, match="no figures, where the committed smoke run shows 1"):
+        publish(tmp_path, topic, synthetic_executed(RUN, figures=[]))
+    publish(tmp_path, topic, synthetic_executed(RUN, figures=[]), allow_no_figures=True)
+    publish(tmp_path, topic, synthetic_executed(RUN))
