@@ -20,6 +20,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+import ft_int8
+
 
 # ---------------------------------------------------------------- GEMMs (what ft_gemm tunes)
 
@@ -33,7 +35,10 @@ def prepare_weight(w_kn: torch.Tensor, layout: str) -> torch.Tensor:
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], layout: str) -> torch.Tensor:
-    """y = x @ W (+ b) for a weight stored in `layout` ('kn': [k, n], 'nk': [n, k])."""
+    """y = x @ W (+ b) for a weight stored in `layout` ('kn': [k, n], 'nk': [n, k]), or an int8 weight-only
+    ft_int8.Int8Weight (its own [n, k] layout, whatever `layout` says)."""
+    if isinstance(w, ft_int8.Int8Weight):
+        return ft_int8.linear(x, w, b)
     if layout == "nk":
         return F.linear(x, w, b)
     if b is not None and x.dim() == 2:

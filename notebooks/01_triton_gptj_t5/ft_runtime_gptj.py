@@ -13,8 +13,12 @@ What makes it fast, FT style:
   reductions) and captured as a CUDA graph (static buffers, attention over the
   whole cache with a validity mask so shapes never change), replayed each step; greedy argmax on the
   device and no host sync in the decode loop (tokens copied back once, at the end);
-- GEMM implementations chosen per GEMM from a gemm_config file (see ft_gemm).
-Batches of prompts with different lengths are left-padded; positions count only real tokens.
+- GEMM implementations chosen per GEMM from a gemm_config file (see ft_gemm);
+- optionally int8 weight-only GEMMs, FT's way (`int8="dequant"` or `"int8pack"`, see ft_int8): the four
+  GEMM weights of every layer int8 with one scale per output channel, activations in the compute dtype.
+Batches of prompts with different lengths are left-padded; positions count only real tokens; each row stops
+at its own end token. With CUDA graphs a batch is padded up to the next size in `batch_buckets` (rows
+that are already finished), so one captured graph serves every batch size up to its bucket.
 """
 from __future__ import annotations
 
@@ -25,9 +29,11 @@ import torch
 import torch.nn.functional as F
 
 import ft_convert
+import ft_int8
 from ft_runtime_common import TP, RankFactory, attention, linear, make_generator, prepare_weight, sample
 
 GEMMS = ("qkv", "attn_out", "ffn1", "ffn2", "logits")
+BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)   # batch sizes that get a CUDA graph (a batch runs in the next one up)
 
 
 def rotary_tables(max_pos: int, rotary_dim: int, device):
@@ -55,8 +61,13 @@ class GPTJRuntime:
 
     def __init__(self, meta: dict, tensors: dict, tp: Optional[TP] = None, dtype=torch.float32, device="cpu",
                  gemm_plan: Optional[dict] = None, max_batch: int = 8, max_len: Optional[int] = None,
-                 cuda_graph: bool = False, compile: Optional[bool] = None):
+                 cuda_graph: bool = False, compile: Optional[bool] = None, int8: Optional[str] = None,
+                 batch_buckets: Optional[Sequence[int]] = None):
         self.m, self.tp = meta, tp or TP()
+        if int8 is not None and int8 not in ft_int8.IMPLS:
+            raise ValueError(f"int8={int8!r}: use None (float weights) or one of {ft_int8.IMPLS}")
+        self.int8 = int8
+        self.batch_buckets = None if batch_buckets is None else tuple(sorted(int(x) for x in batch_buckets))
         if self.m["tensor_para_size"] != self.tp.size:
             raise ValueError(f"checkpoint was split for tensor_para_size={self.m['tensor_para_size']} but the "
                              f"runtime runs {self.tp.size} ranks; convert again with the matching N")
@@ -86,17 +97,15 @@ class GPTJRuntime:
             w2 = cast(prepare_weight(torch.cat([tensors[p + "attention.dense.weight"], fc_out], dim=0),
                                      self.layout["out2"]))                                      # [5d/N, d] (kn)
             fc_in_b = cast(tensors[p + "mlp.dense_h_to_4h.bias"])
-            self.layers.append({
-                "ln_w": cast(tensors[p + "input_layernorm.weight"]), "ln_b": cast(tensors[p + "input_layernorm.bias"]),
-                "w1": w1, "b1": torch.cat([torch.zeros(3 * nq, dtype=self.dtype, device=self.device), fc_in_b]),
-                "w2": w2,
-                "qkv": self._part(w1, 1, 0, 3 * nq, "in", "qkv"),
-                "fc_in": self._part(w1, 1, 3 * nq, None, "in", "ffn1"),
-                "out": self._part(w2, 0, 0, nq, "out2", "attn_out"),
-                "fc_out": self._part(w2, 0, nq, None, "out2", "ffn2"),
-                "fc_in_b": fc_in_b,
-                "fc_out_b": cast(tensors[p + "mlp.dense_4h_to_h.bias"]),
-            })
+            if int8:
+                layer = self._int8_layer(w1, w2, nq)
+            else:
+                layer = {"w1": w1, "w2": w2,
+                         "qkv": self._part(w1, 1, 0, 3 * nq, "in", "qkv"),
+                         "fc_in": self._part(w1, 1, 3 * nq, None, "in", "ffn1"),
+                         "out": self._part(w2, 0, 0, nq, "out2", "attn_out"),
+                         "fc_out": self._part(w2, 0, nq, None, "out2", "ffn2")}
+            self.layers.append(layer | self._small(tensors, p, fc_in_b, nq))
         self.sin, self.cos = rotary_tables(m["max_pos_seq_len"], self.rd, self.device)
         # GPT-J's rotation of a pair (x0, x1) is (x0 cos - x1 sin, x1 cos + x0 sin): with the pair swapped,
         # x * cos + swap(x) * sin_signed, sin_signed = (-sin, +sin, -sin, ...)
@@ -140,6 +149,29 @@ class GPTJRuntime:
         meta = ft_convert.gptj_meta(cfg)
         tensors = ft_convert.rank_view(ft_convert.gptj_to_ft(model.state_dict(), c.n_layer, 1))
         return cls(meta, tensors, **kw)
+
+    def _small(self, tensors: dict, p: str, fc_in_b: torch.Tensor, nq: int) -> dict:
+        cast = lambda t: t.to(self.device, self.dtype)
+        return {"ln_w": cast(tensors[p + "input_layernorm.weight"]), "ln_b": cast(tensors[p + "input_layernorm.bias"]),
+                "b1": torch.cat([torch.zeros(3 * nq, dtype=self.dtype, device=self.device), fc_in_b]),
+                "fc_in_b": fc_in_b, "fc_out_b": cast(tensors[p + "mlp.dense_4h_to_h.bias"])}
+
+    def _int8_layer(self, w1: torch.Tensor, w2: torch.Tensor, nq: int) -> dict:
+        """The merged GEMM weights as int8 (ft_int8.quantize: per output channel), the context path's four
+        GEMMs as views. w1 = [qkv | fc_in] along the outputs, so its scales are exactly FT's per-weight ones;
+        w2 = [attention.dense ; fc_out] along the inputs feeds ONE GEMM, so each output channel has one scale
+        over both (FT quantizes the two separately: a step at most as fine here)."""
+        kn = lambda w, g: w if self.layout[g] == "kn" else w.t()
+        q1 = ft_int8.quantize(kn(w1, "in"), self.dtype, self.int8)
+        q2 = ft_int8.quantize(kn(w2, "out2"), self.dtype, self.int8)
+        return {"w1": q1, "w2": q2, "qkv": q1.rows(0, 3 * nq), "fc_in": q1.rows(3 * nq, q1.q.shape[0]),
+                "out": q2.cols(0, nq), "fc_out": q2.cols(nq, q2.q.shape[1])}
+
+    def weight_bytes(self) -> int:
+        """Bytes of the weights a decode step reads (the embedding table excluded: one row a token)."""
+        n = lambda t: t.nbytes if isinstance(t, ft_int8.Int8Weight) else t.numel() * t.element_size()
+        per_layer = sum(n(w[k]) for w in self.layers for k in ("w1", "w2", "b1", "ln_w", "ln_b", "fc_out_b"))
+        return per_layer + n(self.lm_w) + n(self.lm_b) + n(self.lnf_w) + n(self.lnf_b)
 
     def _part(self, w, axis_kn: int, start: int, stop, fused: str, gemm: str) -> torch.Tensor:
         """GEMM `gemm`'s weight as a slice (along its FT [k, n] axis `axis_kn`) of the merged weight `w`:
@@ -237,7 +269,7 @@ class GPTJRuntime:
                                        bias, scale)                       # [b, h, 1, hd]
             f = F.gelu(y[:, 3 * nq:], approximate="tanh")
             z = torch.cat([a.reshape(b, nq), f], dim=1)                   # [b, 5d/N] = [attention | ffn]
-            if self.tp.size == 1 and self.layout["out2"] == "kn":
+            if self.tp.size == 1 and self.layout["out2"] == "kn" and not self.int8:
                 x = torch.addmm(x + w["fc_out_b"], z, w["w2"])            # residual + bias + both GEMMs
             else:
                 x = x + self.tp.all_reduce(linear(z, w["w2"], None, self.layout["out2"])) + w["fc_out_b"]
@@ -267,7 +299,10 @@ class GPTJRuntime:
         if self._step_fn is None:
             self._step_fn = self._step
             if self.compile:
-                self._step_fn = torch.compile(self._step, fullgraph=True, dynamic=False)
+                # int8 on CUDA: Inductor's coordinate-descent mode decomposes one-row GEMMs into a reduction,
+                # which fuses the int8 load + dequantize + dot + scale into one kernel (see ft_int8)
+                opts = {"coordinate_descent_tuning": True} if self.int8 and self.device.type == "cuda" else None
+                self._step_fn = torch.compile(self._step, fullgraph=True, dynamic=False, options=opts)
         return self._step_fn
 
     def _run_step(self, *args):
@@ -342,7 +377,10 @@ class GPTJRuntime:
         if not input_ids or any(len(s) == 0 for s in input_ids):
             raise ValueError("every prompt needs at least one token")
         end_id = self.m["end_id"] if end_id is None else end_id
-        b, s = len(input_ids), max(len(x) for x in input_ids)
+        n_req = len(input_ids)
+        b = self.run_batch(n_req)
+        input_ids = list(input_ids) + [[end_id]] * (b - n_req)   # filler rows, finished from the start
+        s = max(len(x) for x in input_ids)
         if s + max_new_tokens > self.max_len:
             raise ValueError(f"prompt ({s}) + max_new_tokens ({max_new_tokens}) exceeds the cache length {self.max_len}")
         ids = torch.full((b, s), end_id, dtype=torch.long, device=self.device)
@@ -356,7 +394,7 @@ class GPTJRuntime:
         valid[:, :s] = mask.bool()
         pos = mask.sum(-1) - 1
         out = torch.full((b, max_new_tokens), end_id, dtype=torch.long, device=self.device)
-        done = torch.zeros(b, dtype=torch.bool, device=self.device)
+        done = torch.arange(b, device=self.device) >= n_req
         lengths = torch.zeros(b, dtype=torch.long, device=self.device)
         decode = (self._decode_graph if self.cuda_graph else
                   self._decode_static if self.static_decode else self._decode_eager)
@@ -373,7 +411,13 @@ class GPTJRuntime:
             valid[:, slot] = True
             pos = pos + 1
             logits = decode(tok, pos, valid, slot)
-        return out.cpu(), lengths.cpu()
+        return out[:n_req].cpu(), lengths[:n_req].cpu()
+
+    def run_batch(self, n: int) -> int:
+        """The batch size a request of n prompts runs at: the next bucket up when batches are bucketed (by
+        default with CUDA graphs: one graph per bucket), else n; beyond the largest bucket, n itself."""
+        buckets = self.batch_buckets if self.batch_buckets is not None else (BUCKETS if self.cuda_graph else ())
+        return next((k for k in buckets if k >= n), n)
 
 
 def factory(ckpt: str, dtype_name: str = "fp32", device: str = "cpu", gemm_plan=None, max_batch: int = 8,
