@@ -17,8 +17,9 @@ parameters): bad input gets its own one-line 400, the rest of the dynamic batch 
 The server: the `tritonserver` binary that the PyPI wheel nvidia-pytriton bundles (Triton 2.51, python
 backend only), copied to a writable folder with the python-backend stub for this Python version; run by
 `TritonServer` (a labkit ManagedProcess: own process group, loopback only, readiness poll) with restricted
-admin APIs, a watchdog that reloads a model whose stub or rank died, and a stop that drains first and leaves
-no process and no /dev/shm region behind.
+admin APIs, a watchdog that reloads a model whose stub or rank died (or restarts a server that exited), and a
+stop that drains first and leaves no process and no /dev/shm region behind; optionally ft_gate's reverse proxy
+beside it (`triton_server(..., gate={})`, `.urls["gate"]`): body size limit, JSON checks, allowed routes only.
 """
 from __future__ import annotations
 
@@ -39,7 +40,25 @@ from labkit.procs import ManagedProcess, free_port, http_ready
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger(__name__)
-RUNTIME_MODULES = ["ft_convert.py", "ft_runtime_common.py", "ft_runtime_gptj.py", "ft_runtime_t5.py", "ft_gemm.py"]
+RUNTIME_ENTRY = ["ft_convert.py", "ft_runtime_gptj.py", "ft_runtime_t5.py", "ft_gemm.py"]   # what model.py imports
+
+
+def runtime_modules(entry=RUNTIME_ENTRY) -> list:
+    """`entry` and every ft_*.py of this folder they import at module level, transitively (read from their import
+    statements), so that a module a runtime starts to import is copied into the repository without a list kept by
+    hand. (Imports inside functions are not followed: those run only when the function is called.)"""
+    import ast
+    todo, seen = list(entry), []
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.append(name)
+        for node in ast.parse((HERE / name).read_text()).body:
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            todo += [f"{m}.py" for m in mods if m.startswith("ft_") and (HERE / f"{m}.py").exists()]
+    return sorted(seen)
 
 
 # ---------------------------------------------------------------- config.pbtxt writers
@@ -547,7 +566,7 @@ def build_repository(root: Path, gptj_ckpt: Path, t5_ckpt: Optional[Path], token
           POSTPROCESSING_PY, [tokenizer_json])
     common = dict(limits, pipeline_para_size=1, data_type=data_type, device=device, gemm_config=str(gemm_config or ""),
                   num_threads=num_threads, rank_timeout_s=rank_timeout_s)
-    mods = [HERE / m for m in RUNTIME_MODULES]
+    mods = [HERE / m for m in runtime_modules()]
     model("gptj", python_config("gptj", GPTJ_INPUTS, GPTJ_OUTPUTS, max_batch_size,
                                 {**common, "tensor_para_size": tensor_para_size, "max_seq_len": max_seq_len,
                                  "model_checkpoint_path": Path(gptj_ckpt).resolve(), **(gptj_params or {})},
@@ -642,13 +661,20 @@ class TritonServer(ManagedProcess):
     /dev/shm regions are removed."""
 
     def __init__(self, cmd, http: int, grpc: int, metrics: int, admin_key: str, shm_prefix: str,
-                 watch_interval: float = 0.5, **kw):
+                 watch_interval: float = 0.5, gate: Optional[dict] = None, **kw):
         super().__init__(cmd, ready=http_ready(f"http://127.0.0.1:{http}/v2/health/ready"), name="tritonserver", **kw)
         self.urls = {"http": f"127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}", "metrics": f"127.0.0.1:{metrics}"}
         self.admin_key, self.shm_prefix, self.watch_interval = admin_key, shm_prefix, watch_interval
         self.events, self.removed_shm, self.expected = [], [], {}
         self._watch_stop = threading.Event()
         self._watcher = None
+        self._restarting = False
+        self.gate = None
+        if gate is not None:   # ft_gate.Gate options ({} for the defaults); it stays up across restarts
+            import ft_gate
+            gate = {"port": free_port(), **gate}
+            self.gate = ft_gate.Gate(self.urls["http"], **gate)
+            self.urls["gate"] = self.gate.url
 
     def admin_headers(self, protocol: str = "http") -> dict:
         """The header the restricted APIs need (gRPC prefixes it with triton-grpc-protocol-)."""
@@ -662,15 +688,29 @@ class TritonServer(ManagedProcess):
             self._watcher = threading.Thread(target=self._watch, args=(self._watch_stop,), daemon=True,
                                              name="triton-watchdog")
             self._watcher.start()
+        if self.gate is not None and not self.gate.running:
+            self.gate.start()
         return self
 
     def stop(self) -> None:
+        if self.gate is not None and not self._restarting:
+            # the gate first: it accepts nothing new and lets its requests in flight finish (Triton would also
+            # wait for the gate's open connections before draining)
+            self.gate.stop(drain_s=self.drain_timeout or 5)
         self._watch_stop.set()
         if self._watcher is not None and self._watcher is not threading.current_thread():
             # a reload in progress holds an HTTP connection, which tritonserver would wait for when stopping
             self._watcher.join(timeout=self.drain_timeout or 5)
         super().stop()
         self._remove_shm(glob.glob(f"/dev/shm/{self.shm_prefix}*"))
+
+    def restart(self) -> "TritonServer":
+        """Stop and start tritonserver (same ports); the gate stays up and answers 502 meanwhile."""
+        self._restarting = True
+        try:
+            return super().restart()
+        finally:
+            self._restarting = False
 
     def snapshot(self) -> dict:
         """{model: {"stub": pid, "ranks": [pids], "shm": region}} for the live python-backend stubs."""
@@ -773,9 +813,12 @@ class TritonServer(ManagedProcess):
 
 
 def triton_server(repo: Path, cache: Path, log_path: Optional[Path] = None, start_timeout: float = 240.0,
-                  threads: int = 1, watch_interval: float = 0.5, exit_timeout_s: int = 30) -> TritonServer:
+                  threads: int = 1, watch_interval: float = 0.5, exit_timeout_s: int = 30,
+                  gate: Optional[dict] = None) -> TritonServer:
     """A TritonServer on free loopback ports with a fresh admin key (use it as a context manager).
-    `.urls` holds the HTTP, gRPC and metrics addresses, `.admin_headers(protocol)` the restricted APIs' header."""
+    `.urls` holds the HTTP, gRPC and metrics addresses, `.admin_headers(protocol)` the restricted APIs' header.
+    gate={} (or ft_gate.Gate options, e.g. {"max_body_bytes": 2**20}) starts ft_gate's proxy beside the server:
+    `.urls["gate"]` is the HTTP address to expose instead of `.urls["http"]`."""
     home = server_home(cache)
     http, grpc, metrics = free_port(), free_port(), free_port()
     while len({http, grpc, metrics}) < 3:
@@ -783,7 +826,7 @@ def triton_server(repo: Path, cache: Path, log_path: Optional[Path] = None, star
     admin_key, shm_prefix = secrets.token_hex(16), f"ft01_{secrets.token_hex(4)}_"
     return TritonServer(server_command(home, repo, http, grpc, metrics, admin_key, shm_prefix, exit_timeout_s),
                         http, grpc, metrics, admin_key, shm_prefix, watch_interval=watch_interval, env=server_env(threads),
-                        start_timeout=start_timeout, log_path=log_path, drain_timeout=exit_timeout_s + 15)
+                        start_timeout=start_timeout, log_path=log_path, drain_timeout=exit_timeout_s + 15, gate=gate)
 
 
 def tree(root: Path) -> str:

@@ -1,7 +1,8 @@
 """The generated repository on the real tritonserver (nvidia-pytriton's binary, CPU), started once for the
 module: both protocols end to end, then what a hostile client or a crash does (issue 15): bad requests in a
-dynamic batch, user errors, size limits, a killed stub, a hung or killed tensor-parallel rank, exposure, and
-a stop under load. The last test stops the server itself."""
+dynamic batch, user errors, size limits, a killed stub, a hung or killed tensor-parallel rank, exposure, the
+ft_gate proxy in front of it (body limit, JSON checks, allowed routes), a SIGKILLed tritonserver, and a stop
+under load. The last test stops the server itself."""
 import glob
 import json
 import os
@@ -17,6 +18,7 @@ import psutil
 import pytest
 
 import ft_client
+import ft_gate
 import ft_triton_repo
 import ft_weights
 from conftest import LOOPBACK, listening
@@ -25,6 +27,8 @@ pytest.importorskip("pytriton", reason="nvidia-pytriton carries the tritonserver
 
 MAX_OUT = 8
 RANK_TIMEOUT = 4.0
+GATE_LIMIT = 4 * 2 ** 20
+RESTART_BOUND = 150   # s from SIGKILL of tritonserver to ready again (measured about 30 s on the 2-core CI machine)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +40,8 @@ def srv(tmp_path_factory, ft_dirs):
     repo = ft_triton_repo.build_repository(tmp / "repo", ft_dirs[("gptj", 2)], ft_dirs[("t5", 2)], tok,
                                            tensor_para_size=2, t5_tensor_para_size=2, max_output_len=MAX_OUT,
                                            rank_timeout_s=RANK_TIMEOUT, queue_delay_us=100_000)
-    server = ft_triton_repo.triton_server(repo, ft_weights.cache_dir(), log_path=tmp / "triton.log", watch_interval=0.3)
+    server = ft_triton_repo.triton_server(repo, ft_weights.cache_dir(), log_path=tmp / "triton.log", watch_interval=0.3,
+                                          gate={"max_body_bytes": GATE_LIMIT})
     server.start()
     try:
         yield server
@@ -50,8 +55,8 @@ def clients():
     drain on stop until --exit-timeout-secs (Triton 2.51 waits for open HTTP connections first)."""
     made = []
 
-    def make(srv, protocol="http"):
-        made.append(ft_client.client(srv.urls[protocol], protocol))
+    def make(srv, protocol="http", via=None):
+        made.append(ft_client.client(srv.urls[via or protocol], protocol))
         return made[-1]
     yield make
     for c in made:
@@ -285,6 +290,196 @@ def test_killed_rank_fails_fast_then_the_model_is_reloaded(srv, clients):
     assert _wait(lambda: not c.is_model_ready("gptj"), 10) is not None
     assert _wait(lambda: c.is_model_ready("gptj") and c.is_model_ready("ensemble"), 180) is not None
     assert ft_client.gptj_ids(c, "http", [[464, 3139]], 2)[1][0, 0] == 4
+
+
+# ---------------------------------------------------------------- ft_gate in front of the server
+
+def _ensemble_body(n, seed=None):
+    inputs = [{"name": "INPUT_0", "datatype": "BYTES", "shape": [1, 1], "data": ["Hi"]},
+              {"name": "INPUT_1", "datatype": "UINT32", "shape": [1, 1], "data": [n]}]
+    if seed is not None:
+        inputs.append({"name": "random_seed", "datatype": "UINT64", "shape": [1, 1], "data": [seed]})
+    return json.dumps({"inputs": inputs}).encode()
+
+
+def _server_rss(srv):
+    return sum(psutil.Process(p).memory_info().rss for p in _group(srv.pid) if psutil.pid_exists(p))
+
+
+def _counts(c, model):
+    s = c.get_inference_statistics(model)["model_stats"][0]["inference_stats"]
+    return s["success"]["count"], s["fail"]["count"]
+
+
+def test_gate_refuses_an_oversized_body_without_holding_it(srv, clients):
+    """16x the limit, with Content-Length and chunked: 413 at once; the gate's Python allocations peak far below the
+    body, the body never reaches Triton (the ensemble's counts do not move) and the server's memory stays put."""
+    import tracemalloc
+    body, gate = b"x" * (16 * GATE_LIMIT), srv.urls["gate"]
+    c = clients(srv)
+    counts, rss0 = _counts(c, "ensemble"), _server_rss(srv)
+    tracemalloc.start()
+    try:
+        t0 = time.monotonic()
+        status, text = ft_gate.request(gate, "POST", "/v2/models/ensemble/infer", body)
+        took = time.monotonic() - t0
+        peak_whole = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        chunks = (body[i:i + 2 ** 16] for i in range(0, len(body), 2 ** 16))
+        status_chunked, text_chunked = ft_gate.request(gate, "POST", "/v2/models/ensemble/infer", chunks)
+        peak_chunked = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    grew = _server_rss(srv) - rss0
+    print(f"413 in {took:.2f} s; gate peak {peak_whole / 2 ** 20:.2f} MiB (Content-Length), "
+          f"{peak_chunked / 2 ** 20:.2f} MiB (chunked); server RSS {grew / 2 ** 20:+.1f} MiB")
+    assert status == 413 and json.loads(text) == {"error": f"the request body is {len(body)} bytes; the limit is {GATE_LIMIT}"}
+    assert status_chunked == 413 and "exceeds the limit of 4194304 bytes" in json.loads(text_chunked)["error"]
+    assert peak_whole < 2 ** 20                       # never read: refused from Content-Length
+    assert peak_chunked < GATE_LIMIT + 2 ** 20        # read up to the limit, then refused
+    assert _counts(c, "ensemble") == counts
+    assert grew < 16 * 2 ** 20
+
+
+def test_gate_answers_malformed_requests_with_one_line_400(srv):
+    """What Triton 2.51's own parser answers with 500 (broken JSON, UINT32 -1) and what it wraps (2**32 -> 0), the
+    gate refuses with 400, generically per datatype."""
+    gate = srv.urls["gate"]
+    h = {"Content-Type": "application/json"}
+    for raw in (b"{not json", _ensemble_body(-1)):   # Triton 2.51 directly: 500 (a later Triton may fix this)
+        assert _http(srv, "/v2/models/ensemble/infer", raw, h)[0] == 500
+    header = json.dumps({"inputs": [{"name": "input_ids", "datatype": "UINT32", "shape": [1, 2],
+                                     "parameters": {"binary_data_size": 8}}]}).encode()
+    cases = {"broken JSON": (b"{not json", {}, "malformed JSON"),
+             "UINT32 -1": (_ensemble_body(-1), {}, "input 'INPUT_1': -1 is outside the range of UINT32 (0..4294967295)"),
+             "UINT32 2**32": (_ensemble_body(2 ** 32), {}, "4294967296 is outside the range of UINT32"),
+             "UINT64 NaN": (_ensemble_body(4, float("nan")), {}, "UINT64 data must be integers, got NaN"),
+             "UINT32 1.5": (_ensemble_body(1.5), {}, "UINT32 data must be integers, got 1.5"),
+             "no inputs": (b'{"outputs": []}', {}, "'inputs' must be a non-empty list"),
+             "inputs not a list": (b'{"inputs": {"name": "x"}}', {}, "'inputs' must be a non-empty list"),
+             "shape and data disagree": (_ensemble_body([1, 2]), {}, "holds 1 values, 'data' has 2"),
+             "binary size disagrees": (header + b"\0" * 4, {"Inference-Header-Content-Length": str(len(header))},
+                                       "declare 8 bytes of binary data (binary_data_size) but 4 follow"),
+             "header length not a number": (header, {"Inference-Header-Content-Length": "12abc"},
+                                            "Inference-Header-Content-Length must be an integer")}
+    for case, (raw, extra, words) in cases.items():
+        status, text = ft_gate.request(gate, "POST", "/v2/models/ensemble/infer", raw, {**h, **extra})
+        assert status == 400 and "\n" not in text and words in json.loads(text)["error"], (case, status, text)
+    assert ft_gate.request(gate, "POST", "/v2/models/ensemble/infer", _ensemble_body(4), h)[0] == 200
+
+
+def test_gate_passes_good_requests_and_tritons_answers_through(srv, clients):
+    direct, via = clients(srv), clients(srv, via="gate")
+    prompts = [[464, 3139, 286], [15496, 995]]
+    ids_direct, lens_direct = ft_client.gptj_ids(direct, "http", prompts, 4)   # binary tensors both ways
+    ids_via, lens_via = ft_client.gptj_ids(via, "http", prompts, 4)
+    assert ids_via.tolist() == ids_direct.tolist() and lens_via.tolist() == lens_direct.tolist()
+    assert ft_client.gptj_text(via, "http", ["Hello world"], 4) == ft_client.gptj_text(direct, "http", ["Hello world"], 4)
+    assert via.is_server_ready() and via.is_model_ready("ensemble")
+    assert via.get_model_metadata("gptj") == direct.get_model_metadata("gptj")
+    assert via.get_model_config("gptj") == direct.get_model_config("gptj")
+    from tritonclient.utils import InferenceServerException
+    with pytest.raises(InferenceServerException, match="max_input_len") as e:   # the model's own 400
+        ft_client.gptj_ids(via, "http", [[464] * 300], 4)
+    assert str(e.value.status()) == "400"
+
+
+def test_bad_requests_through_the_gate_leave_good_ones_answered(srv, clients):
+    good = [[464, 3139, 286], [15496, 995], [464, 1110], [40, 716, 257]]
+    c = clients(srv)
+    alone = [ft_client.gptj_ids(c, "http", [p], 4)[0][0, 0].tolist() for p in good]
+    raw = {}
+
+    def bad(name, body):
+        raw[name] = ft_gate.request(srv.urls["gate"], "POST", "/v2/models/gptj/infer", body)[0]
+    senders = [threading.Thread(target=bad, args=("oversized", b"x" * (4 * GATE_LIMIT))),
+               threading.Thread(target=bad, args=("malformed", b'{"inputs": [{"name": "input_ids"'))]
+    for t in senders:
+        t.start()
+    reqs = [ft_client.gptj_inputs("http", [p], 4) for p in good[:2]] + [ft_client.gptj_inputs("http", [[464, 60000]], 4)] \
+        + [ft_client.gptj_inputs("http", [p], 4) for p in good[2:]]
+    res = ft_client.concurrent_infer(srv.urls["gate"], "gptj", reqs)
+    for t in senders:
+        t.join(60)
+    assert raw == {"oversized": 413, "malformed": 400}
+    assert res[2]["status"] == "400" and "vocabulary" in res[2]["error"]
+    served = [r for i, r in enumerate(res) if i != 2]
+    assert all(r["ok"] for r in served), [r["error"] for r in served]
+    assert [r["result"].as_numpy("output_ids")[0, 0].tolist() for r in served] == alone
+
+
+def test_gate_refuses_routes_it_does_not_expose(srv):
+    """Even with the admin key: the restricted APIs, statistics, shared memory (also as infer parameters)."""
+    gate, admin = srv.urls["gate"], srv.admin_headers()
+    for method, path, body in (("POST", "/v2/repository/index", b"{}"), ("POST", "/v2/repository/models/gptj/unload", b"{}"),
+                               ("POST", "/v2/logging", b'{"log_verbose_level": 1}'), ("GET", "/v2/systemsharedmemory/status", None),
+                               ("POST", "/v2/systemsharedmemory/region/x/register", b'{"key": "/any", "offset": 0, "byte_size": 8}'),
+                               ("POST", "/v2/trace/setting", b"{}"), ("GET", "/v2/models/stats", None),
+                               ("GET", "/v2/models/gptj/stats", None), ("GET", "/v2/models/gptj/trace/setting", None)):
+        status, text = ft_gate.request(gate, method, path, body, admin)
+        assert status == 403 and "not exposed by this gate" in json.loads(text)["error"], (path, status, text)
+    assert ft_gate.request(gate, "GET", "/metrics")[0] == 404
+    assert ft_gate.request(gate, "DELETE", "/v2/health/ready")[0] == 405
+    shm = json.dumps({"inputs": [{"name": "input_ids", "datatype": "UINT32", "shape": [1, 2],
+                                  "parameters": {"shared_memory_region": "x", "shared_memory_byte_size": 8}}]}).encode()
+    status, text = ft_gate.request(gate, "POST", "/v2/models/gptj/infer", shm)
+    assert status == 400 and "shared memory is not available" in text
+    assert _http(srv, "/v2/repository/index", b"{}", admin)[0] == 200   # the key still works on Triton's own port
+
+
+def test_gate_upstream_errors_and_clean_stop(srv):
+    """Nothing listening upstream: 502; tritonserver frozen (SIGSTOP) past the gate's upstream timeout: 504; another
+    gate on the same server keeps answering meanwhile. stop() leaves no thread and no listening socket."""
+    before = {t.name for t in threading.enumerate()}
+    with ft_gate.Gate(f"127.0.0.1:{ft_triton_repo.free_port()}") as dead:
+        status, text = ft_gate.request(dead.url, "GET", "/v2/health/ready")
+        assert status == 502 and "unavailable (ConnectionRefusedError)" in text
+    with ft_gate.Gate(srv.urls["http"], upstream_timeout_s=1.0) as gate:
+        assert ft_gate.request(gate.url, "GET", "/v2/health/ready")[0] == 200
+        os.kill(srv.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            status, text = ft_gate.request(gate.url, "GET", "/v2/health/ready")
+            took = time.monotonic() - t0
+        finally:
+            os.kill(srv.pid, signal.SIGCONT)
+        assert status == 504 and json.loads(text) == {"error": f"upstream {srv.urls['http']} did not answer within 1 s"}
+        assert 1.0 <= took < 5
+        assert ft_gate.request(gate.url, "GET", "/v2/health/ready")[0] == 200
+        idle = ft_client.client(gate.url)   # an idle keep-alive connection must not hold the stop
+        assert idle.is_server_live()
+        port = gate.port
+    idle.close()
+    assert {t.name for t in threading.enumerate()} - before == set()
+    with pytest.raises(ConnectionRefusedError):
+        ft_gate.request(f"127.0.0.1:{port}", "GET", "/v2/health/ready")
+
+
+def test_z_killed_tritonserver_is_restarted(srv, clients):
+    """SIGKILL of tritonserver itself: the watchdog notices, kills what is left of its group, removes its /dev/shm
+    regions and starts it again on the same ports; the gate stays up (502 meanwhile)."""
+    old_pid, old_group = srv.pid, _group(srv.pid)
+    old_shm = {os.stat(f).st_ino: f for f in glob.glob(f"/dev/shm/{srv.shm_prefix}*")}
+    assert len(old_group) >= 9 and old_shm
+    seen = len(srv.events)
+    t0 = time.monotonic()
+    os.kill(old_pid, signal.SIGKILL)
+    assert _wait(lambda: ft_gate.request(srv.urls["gate"], "GET", "/v2/health/ready")[0] == 502, 10) is not None
+    back = _wait(lambda: any(m == "tritonserver restarted and ready" for _, m in srv.events[seen:]), RESTART_BOUND, 0.2)
+    assert back is not None, srv.log_tail()
+    took = time.monotonic() - t0
+    print(f"tritonserver ready again {took:.1f} s after SIGKILL")
+    events = [m for _, m in srv.events[seen:]]
+    assert events[0] == "tritonserver exited with code -9; restarting it", events
+    assert "[watchdog] tritonserver exited with code -9; restarting it" in srv.log_path.read_text(errors="replace")
+    assert srv.pid != old_pid and srv.ready()
+    assert not [p for p in old_group if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    now = {os.stat(f).st_ino: f for f in glob.glob(f"/dev/shm/{srv.shm_prefix}*")}
+    assert not set(now) & set(old_shm)   # every region of the killed server was removed (the new ones are new files)
+    c = clients(srv)
+    assert ft_client.gptj_ids(c, "http", [[464, 3139]], 2)[1][0, 0] == 4
+    via = clients(srv, via="gate")
+    assert ft_client.gptj_text(via, "http", ["Hello world"], 2)[0].startswith("Hello world")
 
 
 def test_zz_stop_drains_in_flight_requests_and_leaves_nothing(srv):
