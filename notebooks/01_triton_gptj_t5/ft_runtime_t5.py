@@ -310,56 +310,60 @@ class T5Runtime:
         return out[:, None].cpu(), lengths[:, None].cpu(), cum[:, None].cpu()
 
     def _beam(self, input_ids, max_new_tokens: int, w: int, len_penalty: float):
+        """Beam search for a batch. Per step the device does the scoring and a top-2w over (beams x vocab) for
+        every input at once; the host gets those 2w candidates per input in ONE copy, keeps the finished
+        hypotheses and the sequences in Python lists, and sends back the chosen beams' scores, tokens and
+        sources in three small copies (no per-element device writes or syncs, whatever the batch)."""
         b = self._prepare(input_ids, w)
         eos, V = self.m["eos_token_id"], self.m["vocab_size"]
         dev = self.device
         scores = torch.full((b, w), -1e9, device=dev)
         scores[:, 0] = 0.0
-        seqs = torch.zeros(b * w, 0, dtype=torch.long, device=dev)
+        seqs = [[] for _ in range(b * w)]
         tok = torch.full((b * w,), self.m["decoder_start_token_id"], dtype=torch.long, device=dev)
         finished = [[] for _ in range(b)]  # (normalised score, raw score, tokens)
         done = [False] * b
+        nxt_s = scores.view(-1).tolist()
         for t in range(max_new_tokens):
             logp = torch.log_softmax(self._step(tok, t).float(), -1)  # [b*w, V]
             cand = (scores.view(-1, 1) + logp).view(b, w * V)
             top_s, top_i = torch.topk(cand, 2 * w, dim=-1)
             top_s, top_i = self.tp.broadcast(top_s), self.tp.broadcast(top_i)
-            next_scores = torch.full((b, w), -1e9, device=dev)
-            next_tok = torch.full((b, w), eos, dtype=torch.long, device=dev)
-            next_src = torch.zeros((b, w), dtype=torch.long, device=dev)
             ts, ti = top_s.tolist(), top_i.tolist()
+            nxt_s, nxt_t, nxt_src = [], [], []
             for i in range(b):
-                if done[i]:
-                    next_src[i] = i * w
-                    continue
-                k = 0
-                for rank, (sc, idx) in enumerate(zip(ts[i], ti[i])):
-                    src, token = idx // V, idx % V
-                    if token == eos:
-                        if rank < w:
-                            seq = seqs[i * w + src].tolist() + [eos]
-                            finished[i].append((sc / (len(seq) ** len_penalty), sc, seq))
-                        continue
-                    next_scores[i, k], next_tok[i, k], next_src[i, k] = sc, token, i * w + src
-                    k += 1
-                    if k == w:
-                        break
-                finished[i] = sorted(finished[i], key=lambda h: -h[0])[:w]
-                best_running = next_scores[i, 0].item() / ((t + 2) ** len_penalty)
-                if len(finished[i]) == w and finished[i][-1][0] >= best_running:
-                    done[i] = True
-            src = next_src.view(-1)
+                row = []   # (score, token, source row) of the w best candidates that do not end
+                if not done[i]:
+                    for rank, (sc, idx) in enumerate(zip(ts[i], ti[i])):
+                        src, token = divmod(idx, V)
+                        if token == eos:
+                            if rank < w:
+                                seq = seqs[i * w + src] + [eos]
+                                finished[i].append((sc / (len(seq) ** len_penalty), sc, seq))
+                            continue
+                        row.append((sc, token, i * w + src))
+                        if len(row) == w:
+                            break
+                    finished[i] = sorted(finished[i], key=lambda h: -h[0])[:w]
+                    best_running = row[0][0] / ((t + 2) ** len_penalty)
+                    if len(finished[i]) == w and finished[i][-1][0] >= best_running:
+                        done[i] = True
+                row += [(-1e9, eos, i * w)] * (w - len(row))
+                nxt_s += [r[0] for r in row]
+                nxt_t += [r[1] for r in row]
+                nxt_src += [r[2] for r in row]
+            src = torch.tensor(nxt_src, dtype=torch.long, device=dev)
             self.k_cache[:, :b * w] = self.k_cache[:, src]
             self.v_cache[:, :b * w] = self.v_cache[:, src]
-            seqs = torch.cat([seqs[src], next_tok.view(-1, 1)], dim=1)
-            scores, tok = next_scores, next_tok.view(-1)
+            seqs = [seqs[r] + [k] for r, k in zip(nxt_src, nxt_t)]
+            scores = torch.tensor(nxt_s, device=dev).view(b, w)
+            tok = torch.tensor(nxt_t, dtype=torch.long, device=dev)
             if all(done):
                 break
         for i in range(b):
             if not done[i]:
                 for j in range(w):
-                    seq = seqs[i * w + j].tolist()
-                    sc = scores[i, j].item()
+                    seq, sc = seqs[i * w + j], nxt_s[i * w + j]
                     finished[i].append((sc / (len(seq) ** len_penalty), sc, seq))
                 finished[i] = sorted(finished[i], key=lambda h: -h[0])[:w]
         T = max_new_tokens
