@@ -5,7 +5,7 @@ part "gptj_b1"    GPT-J-6B fp16, batch 1, 128-token prompt: Hugging Face eager, 
                   compiled one-row GEMM, "int8pack" = torch._weight_int8pack_mm); ms per generated token and
                   the weight bytes a step reads. int8 quality on the device: the notebook's trained tiny GPT-J
                   (fp16 against int8, 32 prompts) - random weights say nothing about quality.
-part "gptj_batch" GPT-J-6B fp16 at batch 8 and 64, 128 in / 128 out (one CUDA graph per batch bucket): generated
+part "gptj_batch" GPT-J-6B fp16 at batch 16 and 64, 128 in / 128 out (one CUDA graph per batch bucket): generated
                   tokens per second, end to end (context + decode) and decode only; HF eager at the largest batch.
 part "t5"         T5-small (and optionally T5-base) fp16, batch 1, 8, 32, 128, greedy and beam 4: runtime against
                   HF generate, both forced to the full output length (no end token).
@@ -53,7 +53,7 @@ def sizes(tiny: bool) -> dict:
     if tiny:
         return dict(prompt=8, new=4, b1_new=4, batches=[3], t5_batches=[1, 3], t5_src=8, t5_new=4, repeat=1,
                     quality_prompts=2, quality_tokens=4)
-    return dict(prompt=128, new=128, b1_new=64, batches=[8, 64], t5_batches=[1, 8, 32, 128], t5_src=64, t5_new=64, repeat=3,
+    return dict(prompt=128, new=128, b1_new=64, batches=[16, 64], t5_batches=[1, 8, 32, 128], t5_src=64, t5_new=64, repeat=3,
                 quality_prompts=32, quality_tokens=16)
 
 

@@ -33,7 +33,10 @@ import ft_int8
 from ft_runtime_common import TP, RankFactory, attention, linear, make_generator, prepare_weight, sample
 
 GEMMS = ("qkv", "attn_out", "ffn1", "ffn2", "logits")
-BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)   # batch sizes that get a CUDA graph (a batch runs in the next one up)
+# batch sizes that get a CUDA graph (a batch runs in the next one up). Few: each is one more torch.compile
+# (about 30 s for GPT-J-6B) and one more graph; a decode step up to a few dozen rows costs about the same as one
+# row (it is bound by reading the weights), so filler rows are cheap
+BUCKETS = (1, 4, 16, 32, 64, 128)
 
 
 def rotary_tables(max_pos: int, rotary_dim: int, device):
