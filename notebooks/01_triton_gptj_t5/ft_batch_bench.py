@@ -2,8 +2,8 @@
 
 part "gptj_b1"    GPT-J-6B fp16, batch 1, 128-token prompt: Hugging Face eager, the runtime (compiled step + CUDA
                   graph), and the runtime with int8 weight-only GEMMs (ft_int8: "dequant" = dequantize inside a
-                  compiled one-row GEMM, "int8pack" = torch._weight_int8pack_mm); ms per generated token and
-                  the weight bytes a step reads. int8 quality on the device: the notebook's trained tiny GPT-J
+                  compiled one-row GEMM, "int8pack" = torch._weight_int8pack_mm); ms per generated token, the
+                  weight bytes a step reads, and a kernel table per step (torch.profiler). int8 quality on the device: the notebook's trained tiny GPT-J
                   (fp16 against int8, 32 prompts) - random weights say nothing about quality.
 part "gptj_batch" GPT-J-6B fp16 at batch 16 and 64, 128 in / 128 out (one CUDA graph per batch bucket): generated
                   tokens per second, end to end (context + decode) and decode only; HF eager at the largest batch.
@@ -97,6 +97,9 @@ def gptj_b1(big, cfg: dict, device: str, log: Callable) -> Dict:
             r.update(build_s=build, setup_s=time.perf_counter() - t0 - build, weight_gb=rt.weight_bytes() / 1e9,
                      speedup_vs_hf=ratio(bench["hf eager"]["ms_per_token"], r["ms_per_token"]),
                      weight_tb_per_s=ratio(rt.weight_bytes() / 1e12, r["ms_per_token"] * 1e-3))
+            if cuda:   # where a step's time goes: GPU time per kernel of one step, largest first
+                import ft_gpu_bench
+                r["kernels"] = ft_gpu_bench.kernel_breakdown(rt, top=10)
             if int8 is None:
                 fp16_toks = toks
                 checks["runtime: same greedy tokens as HF (first 8)"] = toks[:8].tolist() == ref8[:len(toks[:8])]
@@ -105,7 +108,9 @@ def gptj_b1(big, cfg: dict, device: str, log: Callable) -> Dict:
                 # trained model; reported, not the quality measure
                 r["token_agreement_vs_fp16_random_weights"] = ft_int8.token_agreement(toks[None], fp16_toks[None])
             bench[name] = r
-            log(name, {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()})
+            log(name, {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items() if k != "kernels"})
+            for row in r.get("kernels", []):
+                log(f"  {row[1]:8.3f} ms  x{row[2]:<5d} {row[0]}")
             del rt
         except Exception:  # noqa: BLE001 - record it, go on with the other variants
             checks[f"{name}: error"] = traceback.format_exc()[-2000:]
