@@ -5,7 +5,8 @@ came later: 64 MiB by default, HTTP_DEFAULT_MAX_INPUT_SIZE in the server's src/c
 JSON or a -1 for a UINT32 input with 500 from its own parser. The gate, in front of it:
 
 * refuses a body over `max_body_bytes` with 413 (from Content-Length before reading anything, or counting the
-  bytes of a chunked body as they arrive), never holding more than the limit in memory;
+  bytes of a chunked body as they arrive): a request holds at most the limit in memory, plus a copy of its JSON
+  part (at most `max_json_bytes`) while that is parsed;
 * parses KServe v2 infer requests (JSON header, then binary tensors if `Inference-Header-Content-Length` says
   so) and answers 400 for malformed JSON, missing or ill-typed fields and JSON `data` that does not fit the
   declared datatype (UINT32 -1 or 2**32, NaN for an integer type, ...): generic per datatype, no model knowledge;
@@ -65,6 +66,12 @@ class Refused(Exception):
         self.status = status
 
 
+def _show(v) -> str:
+    """A JSON value for an error message, cut short (a client's 8 MB string is not echoed back)."""
+    text = json.dumps(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def check_infer(body: bytes, header_length: Optional[str], max_json_bytes: int) -> None:
     """Raise Refused(400/413) unless `body` is a well-formed KServe v2 infer request.
 
@@ -82,7 +89,7 @@ def check_infer(body: bytes, header_length: Optional[str], max_json_bytes: int) 
         raise Refused(413, f"the JSON part of the request is {json_len} bytes; the limit is {max_json_bytes} "
                            f"(send large tensors with the binary tensor extension)")
     try:
-        req = json.loads(body[:json_len])
+        req = json.loads(bytes(memoryview(body)[:json_len]))
     except RecursionError:
         raise Refused(400, "malformed JSON: nested too deeply") from None
     except ValueError as e:   # JSONDecodeError and UnicodeDecodeError
@@ -114,7 +121,7 @@ def _check_input(i: int, t) -> int:
     if dtype not in DATATYPES:
         raise Refused(400, f"input {name!r}: datatype {dtype!r} is not one of {', '.join(sorted(DATATYPES))}")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise Refused(400, f"input {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}")
+        raise Refused(400, f"input {name!r}: 'shape' must be a list of non-negative integers, got {_show(shape)}")
     params = t.get("parameters") or {}
     if not isinstance(params, dict):
         raise Refused(400, f"input {name!r}: 'parameters' must be an object")
@@ -123,7 +130,7 @@ def _check_input(i: int, t) -> int:
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if type(size) is not int or size < 0:
-            raise Refused(400, f"input {name!r}: binary_data_size must be a non-negative integer, got {size!r}")
+            raise Refused(400, f"input {name!r}: binary_data_size must be a non-negative integer, got {_show(size)}")
         if "data" in t:
             raise Refused(400, f"input {name!r} has both 'data' and binary_data_size")
         return size
@@ -157,14 +164,14 @@ def _check_values(name: str, dtype: str, values: list) -> None:
         lo, hi = INT_RANGE[dtype]
         for v in values:
             if type(v) is not int:   # bool is not an int here, nor is 1.0, NaN or Infinity
-                raise Refused(400, f"input {name!r}: {dtype} data must be integers, got {json.dumps(v)}")
+                raise Refused(400, f"input {name!r}: {dtype} data must be integers, got {_show(v)}")
             if not lo <= v <= hi:
                 raise Refused(400, f"input {name!r}: {v} is outside the range of {dtype} ({lo}..{hi})")
     elif dtype in FLOAT_MAX:
         top = FLOAT_MAX[dtype]
         for v in values:
             if type(v) not in (int, float):
-                raise Refused(400, f"input {name!r}: {dtype} data must be numbers, got {json.dumps(v)}")
+                raise Refused(400, f"input {name!r}: {dtype} data must be numbers, got {_show(v)}")
             if math.isfinite(v) and abs(v) > top:
                 raise Refused(400, f"input {name!r}: {v} is outside the range of {dtype} (|x| <= {top:g})")
     elif dtype == "BOOL":
@@ -256,13 +263,14 @@ class _Handler(BaseHTTPRequestHandler):
             raise Refused(413, f"the request body is {n} bytes; the limit is {self.gate.max_body_bytes}")
         return n
 
-    def _read_body(self) -> bytes:
-        """The body, never more than max_body_bytes of it, within body_timeout_s."""
+    def _read_body(self) -> bytearray:
+        """The body, never more than max_body_bytes of it (one buffer, no copies), within body_timeout_s."""
         n = self._check_length()
         self._deadline = time.monotonic() + self.gate.body_timeout_s
+        body = bytearray()
         if n is not None:
-            return self._read_exact(n)
-        parts, total = [], 0
+            self._read_into(body, n)
+            return body
         while True:   # chunked (RFC 9112 section 7.1): size line, data, CRLF; trailers after the last chunk
             line = self._read_line()
             try:
@@ -272,27 +280,38 @@ class _Handler(BaseHTTPRequestHandler):
             if size == 0:
                 while self._read_line().strip():
                     pass
-                return b"".join(parts)
-            total += size
-            if total > self.gate.max_body_bytes:
+                return body
+            if len(body) + size > self.gate.max_body_bytes:
                 raise Refused(413, f"the chunked request body exceeds the limit of {self.gate.max_body_bytes} bytes")
-            parts.append(self._read_exact(size))
+            self._read_into(body, size)
             if self._read_line().strip():
                 raise Refused(400, "malformed chunked body (no CRLF after a chunk)")
 
-    def _read_exact(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            if time.monotonic() > self._deadline:
-                raise Refused(408, f"the request body did not arrive within {self.gate.body_timeout_s:g} s")
-            chunk = self.rfile.read1(min(n - len(buf), 1 << 16))
+    def _read_into(self, buf: bytearray, n: int) -> None:
+        end = len(buf) + n
+        while len(buf) < end:
+            chunk = self._before_deadline(self.rfile.read1, min(end - len(buf), 1 << 16))
             if not chunk:
                 raise ConnectionError("client closed the connection mid-body")
             buf += chunk
-        return bytes(buf)
+
+    def _before_deadline(self, read, arg):
+        """One read that gives up at the body deadline (408) rather than at the idle timeout."""
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise Refused(408, f"the request body did not arrive within {self.gate.body_timeout_s:g} s")
+        self.connection.settimeout(min(left, self.gate.client_timeout_s))
+        try:
+            return read(arg)
+        except TimeoutError:
+            if time.monotonic() < self._deadline:
+                raise   # idle past client_timeout_s: the client is gone
+            raise Refused(408, f"the request body did not arrive within {self.gate.body_timeout_s:g} s") from None
+        finally:
+            self.connection.settimeout(self.gate.client_timeout_s)
 
     def _read_line(self) -> bytes:
-        line = self.rfile.readline(1024)
+        line = self._before_deadline(self.rfile.readline, 1024)
         if not line.endswith(b"\n"):
             raise Refused(400, "malformed chunked body (line too long or cut off)")
         return line
@@ -326,13 +345,14 @@ class _Handler(BaseHTTPRequestHandler):
     def send_error(self, code, message=None, explain=None):
         """http.server's own errors (bad request line, header too long, unknown method): one-line JSON too."""
         self._body_read = False
-        self._refuse(Refused(code, message or self.responses.get(code, ("error",))[0]), drain=False)
+        self._refuse(Refused(code, message or self.responses.get(code, ("error",))[0]))
 
     def _refuse(self, e: Refused, drain: bool = True) -> None:
         """One-line JSON error. After 413/408/400-in-body the rest of the body is unread: close the connection,
         after discarding what the client is still sending for a moment, so that it can read the answer (closing
         with unread data would make the kernel reset the connection before the client sees the 413)."""
         msg = str(e).replace("\n", " ")
+        msg = msg if len(msg) <= 300 else msg[:297] + "..."   # names and headers come from the client
         if e.status >= 500:
             log.warning("gate: %s %s -> %d %s", self.command, self.path, e.status, msg)
         unread = not getattr(self, "_body_read", False)
@@ -354,14 +374,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _discard(self, seconds: float = 2.0) -> None:
-        try:
-            self.connection.shutdown(socket.SHUT_WR)
-            self.connection.settimeout(0.5)
-            end, buf = time.monotonic() + seconds, bytearray(1 << 16)
-            while time.monotonic() < end and self.connection.recv_into(buf):
-                pass
-        except OSError:
+        _linger(self.connection, seconds)
+
+
+def _linger(sock: socket.socket, seconds: float) -> None:
+    """After the answer: shut our side, then read and drop what the client still sends, for at most `seconds`."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(0.25)
+        end, buf = time.monotonic() + seconds, bytearray(1 << 16)
+        while time.monotonic() < end and sock.recv_into(buf):
             pass
+    except OSError:
+        pass
 
 
 class _Server(ThreadingHTTPServer):
@@ -372,20 +397,24 @@ class _Server(ThreadingHTTPServer):
         super().__init__(addr, handler)
 
     def process_request(self, request, client_address):
-        if not self.gate._track(request, add=True, limit=self.gate.max_connections):
-            body = b'{"error": "gate: too many connections now"}'
-            try:
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                                b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-            except OSError:
-                pass
-            super().shutdown_request(request)
-            return
-        t = threading.Thread(target=self.process_request_thread, args=(request, client_address), daemon=True,
-                             name=f"ft-gate-{self.server_address[1]}-conn")
+        ok = self.gate._track(request, add=True, limit=self.gate.max_connections)
+        # over the limit: a short-lived thread answers 503 (and reads what the client still sends for a moment:
+        # closing a socket with unread data resets it before the client can read the answer)
+        t = threading.Thread(target=self.process_request_thread if ok else self._reject, args=(request, client_address),
+                             daemon=True, name=f"ft-gate-{self.server_address[1]}-{'conn' if ok else 'reject'}")
         with self.gate._lock:
             self.gate._threads = [x for x in self.gate._threads if x.is_alive()] + [t]
         t.start()
+
+    def _reject(self, request, client_address):
+        body = b'{"error": "gate: too many connections now"}'
+        try:
+            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            _linger(request, 0.5)
+        except OSError:
+            pass
+        super().shutdown_request(request)
 
     def shutdown_request(self, request):
         self.gate._track(request, add=False)
