@@ -658,7 +658,9 @@ class TritonServer(ManagedProcess):
     the server itself died, it restarts the server. What it saw and did is in `.events` and the server log.
     stop() signals tritonserver alone first: it finishes in-flight requests and unloads the models (their
     finalize stops the ranks) before anything else is signalled; then the group; then this server's
-    /dev/shm regions are removed."""
+    /dev/shm regions are removed. With `gate` (ft_gate.Gate options) the proxy runs beside it on its own port
+    (`.urls["gate"]`): started with the server, kept up across the watchdog's restarts (answering 502 while the
+    server is down), stopped first on stop() after its requests in flight finish."""
 
     def __init__(self, cmd, http: int, grpc: int, metrics: int, admin_key: str, shm_prefix: str,
                  watch_interval: float = 0.5, gate: Optional[dict] = None, **kw):
