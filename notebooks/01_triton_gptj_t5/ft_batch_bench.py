@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Dict
 
 import torch
+import torch._dynamo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
@@ -63,6 +64,9 @@ def ratio(a: float, b: float):
 
 
 def _free(device: str) -> None:
+    """Drop compiled code and cached GPU memory between runtimes: Dynamo keeps every compiled variant of a
+    method's code (all runtimes share `_step`'s) up to its recompile limit (8), after which it runs eagerly."""
+    torch._dynamo.reset()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
@@ -82,6 +86,7 @@ def gptj_b1(big, cfg: dict, device: str, log: Callable) -> Dict:
         ref8 = big.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=8,
                             min_new_tokens=8, do_sample=False, pad_token_id=50256)[0, len(prompt):].tolist()
     fp16_toks = None
+    _free(device)
     for name, int8 in [("runtime", None)] + [(f"runtime int8 {i}", i) for i in INT8_IMPLS]:
         try:
             t0 = time.perf_counter()
@@ -132,6 +137,7 @@ def gptj_batch(big, cfg: dict, device: str, log: Callable) -> Dict:
     cuda = device.startswith("cuda")
     n, s = cfg["new"], cfg["prompt"]
     g = torch.Generator().manual_seed(2)
+    _free(device)
     rt = ft_runtime_gptj.GPTJRuntime.from_hf(big, dtype=big.dtype, device=device, gemm_plan=ft_bench.H100_PLAN,
                                              max_len=s + n, max_batch=max(cfg["batches"]), cuda_graph=cuda)
     rows = {}
@@ -164,6 +170,7 @@ def t5_tables(archs, cfg: dict, device: str, dtype, log: Callable) -> Dict:
     cuda = device.startswith("cuda")
     out = {}
     for arch in archs:
+        _free(device)
         torch.manual_seed(0)
         model = ft_bench.random_t5(arch, dtype, device)
         n, s = cfg["t5_new"], cfg["t5_src"]
