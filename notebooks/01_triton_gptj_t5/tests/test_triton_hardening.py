@@ -472,7 +472,8 @@ def _raw_exchange(url, data, wait=b"", read_s=5.0):
 
 def test_gate_handles_broken_framing_slow_clients_and_too_many_connections(srv):
     """The HTTP-level bad inputs the gate handles itself: each a one-line JSON error with its own status."""
-    with ft_gate.Gate(srv.urls["http"], max_body_bytes=2 ** 20, body_timeout_s=0.5) as gate:
+    big = json.dumps({"inputs": [{"name": "input_ids", "datatype": "UINT32", "shape": [40000], "data": [1] * 40000}]}).encode()
+    with ft_gate.Gate(srv.urls["http"], max_body_bytes=2 ** 20, max_json_bytes=2 ** 16, body_timeout_s=0.5) as gate:
         head = b"POST /v2/models/gptj/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
         cases = {   # raw request -> (status, words in the error)
             "Expect: 100-continue over the limit": (head + b"Content-Length: 5000000\r\nExpect: 100-continue\r\n\r\n",
@@ -484,7 +485,9 @@ def test_gate_handles_broken_framing_slow_clients_and_too_many_connections(srv):
             "broken chunk size": (head + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "malformed chunk size"),
             "body slower than body_timeout_s": (head + b"Content-Length: 100\r\n\r\n0123456789", 408, "within 0.5 s"),
             "unknown method": (b"PATCH /v2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 501, "Unsupported method"),
-            "request line over 64 KiB": (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414, "Request-URI Too Long")}
+            "request line over 64 KiB": (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414, "Request-URI Too Long"),
+            "JSON part over max_json_bytes": (head + b"Content-Length: %d\r\n\r\n%s" % (len(big), big), 413,
+                                              f"the JSON part of the request is {len(big)} bytes; the limit is 65536")}
         for case, (raw, status, words) in cases.items():
             out = _raw_exchange(gate.url, raw)
             head_, _, body = out.partition(b"\r\n\r\n")
