@@ -100,3 +100,47 @@ def test_trained_tiny_gptj_int8_quality():
     res = ft_int8.tiny_gptj_quality(n_prompts=8, new_tokens=8)
     assert res["token_agreement"] >= 0.95 and res["logit_cosine_min"] >= 0.999
     assert abs(res["perplexity_rel_change"]) <= 0.01
+
+
+def _traced_ops(rows: int, coordinate_descent: bool) -> list:
+    """The aten/prims ops Inductor's decompositions turn ft_int8.linear into for CUDA tensors (fake: no GPU
+    needed), GPT-J-6B's merged first GEMM (4096 -> 28672) at `rows` rows."""
+    import torch._inductor.config as inductor_config
+    from torch._inductor.decomposition import select_decomp_table
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def f(x, q, s, b):
+        return ft_int8.linear(x, ft_int8.Int8Weight(q, s), b)
+
+    with inductor_config.patch(coordinate_descent_tuning=coordinate_descent):
+        with FakeTensorMode():
+            args = (torch.empty(rows, 4096, dtype=torch.float16, device="cuda"),
+                    torch.empty(28672, 4096, dtype=torch.int8, device="cuda"),
+                    torch.empty(28672, dtype=torch.float16, device="cuda"), torch.empty(28672, dtype=torch.float16, device="cuda"))
+        g = make_fx(f, decomposition_table=select_decomp_table(), tracing_mode="fake")(*args)
+    return [str(n.target) for n in g.graph.nodes if n.op == "call_function"]
+
+
+def test_one_row_int8_gemm_becomes_a_reduction_on_cuda():
+    """Why the compiled int8 step asks for coordinate_descent_tuning on CUDA: with it, a one-row GEMM is
+    decomposed into multiply + sum, so the int8 -> fp16 conversion feeds a reduction Inductor fuses with it
+    (the weight is read once, as int8); without it (or at 64 rows) it stays an mm whose input, the
+    dequantized weight, would be written out in fp16 first."""
+    fused = _traced_ops(1, True)
+    assert "aten.mm.default" not in fused and "aten.sum.dim_IntList" in fused
+    assert "aten.mm.default" in _traced_ops(1, False) and "aten.mm.default" in _traced_ops(64, True)
+
+
+def test_runtime_compiles_int8_with_that_option(rts, monkeypatch):
+    _, q = rts
+    seen = {}
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.update(kw) or fn)
+    q.set_decode(compile=True)
+    monkeypatch.setattr(q, "device", torch.device("cuda"))   # only the device type is read when compiling
+    try:
+        q._step_callable()
+    finally:
+        monkeypatch.undo()
+        q.set_decode()
+    assert seen["options"] == {"coordinate_descent_tuning": True} and seen["fullgraph"] is True
