@@ -430,7 +430,7 @@ def test_gate_refuses_routes_it_does_not_expose(srv):
 def test_gate_upstream_errors_and_clean_stop(srv):
     """Nothing listening upstream: 502; tritonserver frozen (SIGSTOP) past the gate's upstream timeout: 504; another
     gate on the same server keeps answering meanwhile. stop() leaves no thread and no listening socket."""
-    before = {t.name for t in threading.enumerate()}
+    before, fds = {t.name for t in threading.enumerate()}, psutil.Process().num_fds()
     with ft_gate.Gate(f"127.0.0.1:{ft_triton_repo.free_port()}") as dead:
         status, text = ft_gate.request(dead.url, "GET", "/v2/health/ready")
         assert status == 502 and "unavailable (ConnectionRefusedError)" in text
@@ -446,11 +446,14 @@ def test_gate_upstream_errors_and_clean_stop(srv):
         assert status == 504 and json.loads(text) == {"error": f"upstream {srv.urls['http']} did not answer within 1 s"}
         assert 1.0 <= took < 5
         assert ft_gate.request(gate.url, "GET", "/v2/health/ready")[0] == 200
-        idle = ft_client.client(gate.url)   # an idle keep-alive connection must not hold the stop
-        assert idle.is_server_live()
+        import http.client
+        idle = http.client.HTTPConnection("127.0.0.1", gate.port)   # an idle keep-alive connection must not hold the stop
+        idle.request("GET", "/v2/health/live")
+        assert idle.getresponse().read() == b"" and idle.sock is not None
         port = gate.port
     idle.close()
     assert {t.name for t in threading.enumerate()} - before == set()
+    assert psutil.Process().num_fds() == fds   # every socket the gates opened is closed
     with pytest.raises(ConnectionRefusedError):
         ft_gate.request(f"127.0.0.1:{port}", "GET", "/v2/health/ready")
 
