@@ -4,7 +4,13 @@ weights trained under JAX come in as `.weights.h5`.
 
 The QAT graph carries FakeQuant ops whose min/max were tracked during training; the converter turns
 them into int8 tensors and uses a small representative set for any range it still needs.
-`TFLITE_BUILTINS_INT8` only: conversion fails rather than silently keeping float kernels.
+`TFLITE_BUILTINS_INT8` only: conversion fails rather than silently keeping float kernels. One region stays float on
+purpose: the QRNN fo-pooling (its ops carry the name scope `bq_layers.FLOAT_SCOPE`), whose state SeqFlowLite's
+TFLite pooling op keeps in float32 (research/seq_flow_lite/tflite_ops/tflite_qrnn_pooling.cc: uint8 gates in,
+`state[j] = state[j] * multiplier_value + constant_vale` in float, quantized outputs). The converter alone would
+calibrate and quantize those ops too (an int8 state at every step), so the conversion is done in its two steps,
+calibration then `mlir_quantize` with those ops denylisted (the selective quantization that
+`tf.lite.experimental.QuantizationDebugger` exposes).
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import tensorflow as tf
 import keras
 
 from labkit.paths import atomic_write_bytes
-from bq_layers import EOS_ID, OFFSET, PAD_ID, check_ids
+from bq_layers import EOS_ID, FLOAT_SCOPE, OFFSET, PAD_ID, check_ids
 
 
 def require_tensorflow_backend(what: str) -> None:
@@ -51,7 +57,8 @@ class ByteSplitter(keras.layers.Layer):
 def compact_flatbuffer(buf: bytes) -> bytes:
     """The same model in fewer bytes: tensor/subgraph names and docstrings removed (the interpreter runs by
     tensor index), and every tensor without data pointed at the schema's empty sentinel buffer 0 instead of an
-    empty buffer of its own. The unrolled recurrence has ~2k tensors, so this is ~0.3 MB at full size."""
+    empty buffer of its own (the converter's tensor names are long scope paths: most of an uncompacted file's
+    graph bytes)."""
     from tensorflow.lite.tools import flatbuffer_utils
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(buf))
     flatbuffer_utils.strip_strings(model)
@@ -68,14 +75,43 @@ def compact_flatbuffer(buf: bytes) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+def float_scope_tensors(model_content: bytes, scope: str = FLOAT_SCOPE) -> list:
+    """Names of the tensors of a (calibrated, float) flatbuffer made inside name scope `scope`."""
+    from tensorflow.lite.tools import flatbuffer_utils
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_content))
+    names = [t.name.decode() if isinstance(t.name, bytes) else t.name for sg in model.subgraphs for t in sg.tensors]
+    return [n for n in names if f"/{scope}/" in n or n.startswith(f"{scope}/")]
+
+
+def int8_convert(concrete_fn, trackable, representative, float_scope: Optional[str] = FLOAT_SCOPE) -> bytes:
+    """Full-integer int8 conversion of a tf concrete function (int8 output), with every op made inside name scope
+    `float_scope` kept in float. `representative`: a list of input lists for calibration."""
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete_fn], trackable)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: iter(representative)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_output_type = tf.int8
+    if float_scope is None:
+        return conv.convert()
+    from tensorflow.lite.python import convert as tfl_convert
+    conv._experimental_calibrate_only = True       # the float model with the calibrated ranges (the debugger's step 1)
+    calibrated = conv.convert()
+    keep_float = float_scope_tensors(calibrated, float_scope)
+    if not keep_float:
+        raise ValueError(f"no tensor of the converted model lies in name scope {float_scope!r}")
+    return tfl_convert.mlir_quantize(calibrated, input_data_type=tf.float32, output_data_type=tf.int8,
+                                     denylisted_nodes=keep_float)
+
+
 def to_int8_tflite(model, max_len: int, representative: np.ndarray, path=None, compact: bool = True) -> bytes:
     """Convert `model` (ids [1, max_len] int32 -> logits) to a full-integer int8 flatbuffer
-    (with `compact`, see compact_flatbuffer: the same outputs from a smaller file). A classifier trained with
-    the parallel-scan pooling is rebuilt with the unrolled loop first (same weights, plain TFLite ops)."""
+    (with `compact`, see compact_flatbuffer: the same outputs from a smaller file). The QRNN pooling is converted
+    in its recursive-doubling form (a model trained with the loop or the scan is rebuilt with it: same weights),
+    in float (see the module docstring)."""
     require_tensorflow_backend("the LiteRT export")
-    if getattr(getattr(model, "cfg", None), "pooling", "loop") != "loop":
+    if getattr(getattr(model, "cfg", None), "pooling", "doubling") != "doubling":
         from bq_models import rebuild_classifier
-        model = rebuild_classifier(model, pooling="loop")
+        model = rebuild_classifier(model, pooling="doubling")
     # one all-padding row too: the ranges it alone exercises (the empty-input term of the attention pooling) get
     # calibrated, so that such an input has a defined int8 result
     representative = np.concatenate([check_ids(representative, max_len), np.zeros((1, max_len), np.int32)])
@@ -83,16 +119,9 @@ def to_int8_tflite(model, max_len: int, representative: np.ndarray, path=None, c
     def serve(ids):
         return model(ids, training=False)
 
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-
-    def rep():
-        for i in range(len(representative)):
-            yield [representative[i:i + 1].astype(np.int32)]
-    conv.representative_dataset = rep
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_output_type = tf.int8     # the input stays int32 byte ids
-    buf = conv.convert()
+    scope = FLOAT_SCOPE if getattr(getattr(model, "cfg", None), "encoder", None) == "qrnn" else None
+    buf = int8_convert(serve.get_concrete_function(), model,
+                       [[representative[i:i + 1]] for i in range(len(representative))], scope)
     if compact:
         buf = compact_flatbuffer(buf)
     if path is not None:

@@ -49,7 +49,7 @@ class ByteConfig:
     dropout: float = 0.1
     num_classes: int = 1
     quantize: bool = True
-    pooling: str = "loop"           # QRNN fo-pooling implementation ("loop": the export's | "scan": GPU training)
+    pooling: str = "loop"           # QRNN fo-pooling form ("loop": CPU training | "scan": GPU | "doubling": the export's)
 
     def with_(self, **kw) -> "ByteConfig":
         return replace(self, **kw)
@@ -251,7 +251,7 @@ def model_sizes(model) -> dict:
 
 def rebuild_classifier(model, **changes) -> ByteClassifier:
     """The same classifier with some config fields changed that do not change its weights (e.g. pooling
-    'scan' for GPU training -> 'loop' for the int8 export), weights copied."""
+    'scan' for GPU training -> 'doubling' for the int8 export), weights copied."""
     out = build_classifier(model.cfg.with_(**changes))
     out.set_weights(model.get_weights())
     return out

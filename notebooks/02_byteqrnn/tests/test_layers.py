@@ -172,13 +172,14 @@ def _loop_reference(z, f, c0=None):
     return out
 
 
-def test_fo_pooling_loop_and_scan_match_python_loop():
+def test_fo_pooling_loop_scan_and_doubling_match_python_loop():
     rng = np.random.default_rng(0)
-    z = np.tanh(rng.normal(size=(3, 17, 5))).astype(np.float32)
-    f = (1 / (1 + np.exp(-rng.normal(size=(3, 17, 5))))).astype(np.float32)
-    ref = _loop_reference(z, f)
-    assert np.allclose(N(L.fo_pool_loop(T(z), T(f))), ref, atol=1e-5)
-    assert np.allclose(N(L.fo_pool_scan(T(z), T(f))), ref, atol=1e-5)
+    for steps in (17, 1, 2, 64):      # not a power of 2, the shortest, and powers of 2 (the doubling's levels)
+        z = np.tanh(rng.normal(size=(3, steps, 5))).astype(np.float32)
+        f = (1 / (1 + np.exp(-rng.normal(size=(3, steps, 5))))).astype(np.float32)
+        ref = _loop_reference(z, f)
+        for pool in (L.fo_pool_loop, L.fo_pool_scan, L.fo_pool_doubling):
+            assert np.allclose(N(pool(T(z), T(f))), ref, atol=1e-5), (pool.__name__, steps)
 
 
 def test_fo_pooling_keeps_the_state_in_float():
@@ -186,7 +187,7 @@ def test_fo_pooling_keeps_the_state_in_float():
     an 8-bit state in [-1, 1] (step 2/255) cannot take the small increments and ends far off."""
     z, f = np.ones((1, 128, 1), np.float32), np.full((1, 128, 1), 0.995, np.float32)
     exact = 1 - 0.995 ** 128
-    for pool in (L.fo_pool_loop, L.fo_pool_scan):
+    for pool in (L.fo_pool_loop, L.fo_pool_scan, L.fo_pool_doubling):
         assert abs(float(N(pool(T(z), T(f)))[0, -1, 0]) - exact) < 1e-4
     eight_bit = float(N(L.fo_pool_loop(T(z), T(f), quantize_state=True))[0, -1, 0])
     assert abs(eight_bit - exact) > 0.1
@@ -211,11 +212,12 @@ def test_qrnn_layer_matches_numpy_recurrence():
     assert np.allclose(h, _qrnn_numpy(layer, x), atol=1e-5)
 
 
-def test_qrnn_scan_pooling_equals_loop():
+@pytest.mark.parametrize("pooling", ["scan", "doubling"])
+def test_qrnn_scan_and_doubling_pooling_equal_loop(pooling):
     x = _embed(2, 10, 6)
     a = L.QRNN(4, quantize=False, pooling="loop")
     ha = a(x, ops.ones((2, 10)))
-    b = L.QRNN(4, quantize=False, pooling="scan")
+    b = L.QRNN(4, quantize=False, pooling=pooling)
     b(x, ops.ones((2, 10)))
     b.set_weights(a.get_weights())
     assert np.allclose(N(ha), N(b(x, ops.ones((2, 10)))), atol=1e-5)
@@ -235,7 +237,7 @@ def test_scan_pooling_gradients_equal_loop():
             assert np.all(np.isfinite(b)) and np.allclose(b, a, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("pooling", ["loop", "scan"])
+@pytest.mark.parametrize("pooling", ["loop", "scan", "doubling"])
 def test_bidirectional_stack_runs_both_directions_in_one_loop_exactly(pooling):
     """BiQRNNStack pools both directions in one recurrence: the same outputs (8-bit fake quantization on)
     as running each direction's QRNN layer on its own and concatenating."""

@@ -89,8 +89,8 @@ for quantize in (True, False):
 
 def test_weights_trained_under_the_other_backend_load_and_give_the_same_outputs(tmp_path):
     """.weights.h5 is backend-neutral: classifiers trained (1 step, scan pooling, the GPU form; no XLA compile
-    to keep the test short) in a subprocess under the other backend load here, with the scan and the loop
-    pooling (the export form). Every variable (weights and the fake-quant ranges) arrives bit-identical; the
+    to keep the test short) in a subprocess under the other backend load here, with the scan, the loop and the
+    doubling pooling (the export form). Every variable (weights and the fake-quant ranges) arrives bit-identical; the
     float model gives the same logits; the 8-bit model the same logits up to quantization noise."""
     import os
     import subprocess
@@ -106,7 +106,7 @@ def test_weights_trained_under_the_other_backend_load_and_give_the_same_outputs(
     x = encode_bytes(["hola amigos", "ciao", "el gato"], 32)
     for quantize, path in ((True, base), (False, base + ".float")):
         saved = np.load(path + ".npz")
-        for pooling in ("scan", "loop"):
+        for pooling in ("scan", "loop", "doubling"):
             m = M.build_classifier(TINY.with_(layers=1, pooling=pooling, quantize=quantize))
             m.load_weights(path + ".weights.h5")
             weights = m.get_weights()
