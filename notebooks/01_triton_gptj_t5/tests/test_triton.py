@@ -21,7 +21,9 @@ def test_served_overhead_gptj_only_repo(tmp_path, gptj_model):
     assert 'key: "warmup" value: { string_value: "1" }' in (repo / "gptj" / "config.pbtxt").read_text()
     assert set(res["overhead"]) == {"grpc, 2 new tokens", "grpc, 16 new tokens", "http, 2 new tokens", "http, 16 new tokens"}
     for row in res["overhead"].values():
-        assert row["requests"] == 2 and 0 < row["model_ms"] < row["client_ms"]
+        # the python backend stamps compute_output's end after it has sent the response, so on a loaded machine
+        # the model time can pass the client's by a hair (6.29 vs 6.25 ms once here): 5% slack, not more
+        assert row["requests"] == 2 and 0 < row["model_ms"] < 1.05 * row["client_ms"]
         assert row["overhead_fraction"] == pytest.approx(row["client_ms"] / row["model_ms"] - 1)
     assert set(res["per_token"]) == {"grpc", "http"} and res["per_token"]["grpc"]["ms_per_token"] > 0
     assert not (tmp_path / "gptj_ft_fp32").exists()   # the converted checkpoint is removed afterwards
