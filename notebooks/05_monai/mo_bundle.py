@@ -39,7 +39,7 @@ def _net_def(net_kind: str, size: str, roi: int) -> dict:
 
 def inference_config(net_kind: str, size: str, roi: int, pixdim: float) -> dict:
     """mo_transforms' inference pipeline and postprocessing, and the sliding window, as a bundle config."""
-    from mo_transforms import RAS_LABELS
+    from mo_transforms import PERCENTILES, RAS_LABELS
     lab = [list(pair) for pair in RAS_LABELS]
     return {
         "imports": ["$import glob", "$import os", "$import numpy"],
@@ -56,7 +56,7 @@ def inference_config(net_kind: str, size: str, roi: int, pixdim: float) -> dict:
             {"_target_": "EnsureChannelFirstd", "keys": "image"},
             {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS", "labels": lab},
             {"_target_": "Spacingd", "keys": "image", "pixdim": [pixdim] * 3, "mode": "bilinear"},
-            {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True},
+            {"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", **PERCENTILES},
             {"_target_": "CropForegroundd", "keys": "image", "source_key": "image", "margin": 4,
              "allow_smaller": True},
             {"_target_": "EnsureTyped", "keys": "image"},

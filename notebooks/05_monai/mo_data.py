@@ -184,15 +184,18 @@ def generation_labels(tpl: Template, rng: np.random.Generator, p_shells: float =
     return gen.astype(np.uint8), label
 
 
-def draw_image(gen: np.ndarray, seed: Sequence[int]) -> np.ndarray:
+def draw_image(gen: np.ndarray, seed: Sequence[int], p_t1_like: float = 1.0) -> np.ndarray:
     """One image drawn from a generation label map by mo_transforms.synthesize (training draws a new one
-    every time it uses the subject; this one is kept in the file for validation and for looking at)."""
+    every time it uses the subject; this one is kept in the file for validation and for looking at).
+    Structure means in the T1 order by default: validation asks for the contrast the test images have (a
+    uniform draw can make grey and white matter equally bright, and no Dice target means anything there),
+    with the generator's random bias, blur, gamma and noise, and never a test image's intensities."""
     import torch
     import mo_transforms
     rng = np.random.default_rng(list(seed))
     g = torch.Generator().manual_seed(int(rng.integers(1 << 62)))
     return mo_transforms.synthesize(torch.from_numpy(gen)[None], np.random.RandomState(int(rng.integers(1 << 31))),
-                                    g)[0].numpy()
+                                    g, p_t1_like)[0].numpy()
 
 
 def _save(arr: np.ndarray, affine: np.ndarray, path: str) -> None:
@@ -227,7 +230,7 @@ def write_subjects(tpl: Template, out_dir: Path, n: int, seed: int, prefix: str 
     if kind == "synth":
         tpl = pad_template(tpl)
     manifest = out_dir / f"{prefix}_manifest.json"
-    key = {"n": n, "seed": seed, "shape": list(tpl.t1.shape), "spacing": list(tpl.spacing), "kind": kind, "v": 4}
+    key = {"n": n, "seed": seed, "shape": list(tpl.t1.shape), "spacing": list(tpl.spacing), "kind": kind, "v": 6}
     names = ("image", "label") + (("gen",) if kind == "synth" else ())
     suffix = {"image": "t1", "label": "label", "gen": "gen"}
     items = [{**{k: str(out_dir / f"{prefix}{i:03d}_{suffix[k]}.nii.gz") for k in names}, "id": f"{prefix}{i:03d}"}

@@ -33,13 +33,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parents[1] / "shared"))   # labkit, where the repository is not installed
 
 
-def machine() -> dict:
-    import platform
-    import torch
-    n = torch.cuda.device_count()
-    return {"gpu": torch.cuda.get_device_name(0) if n else None, "gpu_count": n, "cpu_count": os.cpu_count(),
-            "host": platform.node(), "torch": torch.__version__,
-            "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+from mo_stages import machine  # noqa: E402  (GPU model and count, cores, host, torch, date: one place)
 
 
 def data(tiny: bool, n_train: int, n_val: int, root: Path):

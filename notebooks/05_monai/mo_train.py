@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 NUM_CLASSES = 3
+UNET_NORM = "batch"     # the UNet's normalisation layers (MONAI Norm name: "batch" or "instance")
 
 
 @dataclass
@@ -101,13 +102,12 @@ class History:
 def make_net(kind: str = "unet", size: str = "tiny", roi: int = 32, num_classes: int = NUM_CLASSES) -> torch.nn.Module:
     """3-D UNet or UNETR. 'full' sizes follow MONAI's examples (UNet 16..256, UNETR feature 16, hidden 768,
     12 heads); 'tiny' is a few-thousand-parameter version for the CPU smoke run."""
-    from monai.networks.layers import Norm
     from monai.networks.nets import UNETR, UNet
     if kind == "unet":
         if size == "full":
             return UNet(3, 1, num_classes, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2),
-                        num_res_units=2, norm=Norm.BATCH)
-        return UNet(3, 1, num_classes, channels=(8, 16, 32), strides=(2, 2), num_res_units=1, norm=Norm.BATCH)
+                        num_res_units=2, norm=UNET_NORM)
+        return UNet(3, 1, num_classes, channels=(8, 16, 32), strides=(2, 2), num_res_units=1, norm=UNET_NORM)
     if kind == "unetr":
         if roi % 16:
             raise ValueError(f"UNETR needs a patch size divisible by 16, got roi={roi}")

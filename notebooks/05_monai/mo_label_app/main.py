@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import (Activationsd, AsDiscreted, CropForegroundd, EnsureChannelFirstd, EnsureTyped,
-                              LoadImaged, NormalizeIntensityd, Orientationd, Spacingd, SqueezeDimd)
+                              LoadImaged, Orientationd, ScaleIntensityRangePercentilesd, Spacingd, SqueezeDimd)
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 from monailabel.tasks.infer.basic_infer import BasicInferTask
-from mo_transforms import RAS_LABELS   # the notebook folder is on PYTHONPATH (mo_label.server sets it)
+from mo_transforms import PERCENTILES, RAS_LABELS   # the notebook folder is on PYTHONPATH (mo_label.server sets it)
 
 logger = logging.getLogger(__name__)
 LABELS = {"grey matter": 1, "white matter": 2}
@@ -68,7 +68,7 @@ class TissueInfer(BasicInferTask):
                 _StashKey("image_path", "source_path"),
                 Spacingd(keys="image", pixdim=px, mode="bilinear"),
                 _StashKey("source_path", "image_path"),
-                NormalizeIntensityd(keys="image", nonzero=True),
+                ScaleIntensityRangePercentilesd(keys="image", **PERCENTILES),
                 CropForegroundd(keys="image", source_key="image", margin=4, allow_smaller=True),
                 EnsureTyped(keys="image")]
 
