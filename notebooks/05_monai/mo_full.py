@@ -11,6 +11,12 @@ expected_seconds: the H200 anchor) exceeds the budget left is not started. Print
 `STAGES COMPLETE` or `STAGES LEFT: <n>`. The data (synthetic and real-intensity subjects, seeded) are
 written under labkit.data_root()/cache/05_monai/<profile> first, or re-used from there.
 `--profile tiny` (6 mm, tiny networks, an epoch or two) or `--profile smoke` run the same code on a CPU.
+
+On the GPU image (torch, scipy, scikit-image; no MONAI, nibabel, pydicom, fire): carry `.whl_05` (monai 1.6.1,
+nibabel 5.4.2, pydicom 3.0.2, fire 0.7.1, termcolor 3.3.0: pure-Python wheels at requirements/lock.txt's
+versions, 7.2 MB) beside the lead's `.whl` and `data/mni152`, then from the repository root:
+    source ci/gpu_image_env.sh .whl && python3 -m pip install -q --no-index --no-deps --no-compile \
+        --target "$LABKIT_GPU_SITE" .whl_05/*.whl && cd notebooks/05_monai && python3 mo_full.py --budget-s 480
 """
 from __future__ import annotations
 

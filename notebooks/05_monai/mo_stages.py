@@ -124,12 +124,13 @@ class Stage:
             work.rename(final)
         else:
             work.rmdir()
+        text = json.dumps(res, default=str)
         tmp = self.folder / f".{name}.json.tmp"
-        tmp.write_text(json.dumps(res, default=str))
+        tmp.write_text(text)
         tmp.replace(self.folder / f"{name}.json")
         self.computed.append(name)
         self.log(f"[stage] {name}: done in {res['piece_seconds']:.0f} s")
-        return res
+        return json.loads(text)     # what a later load gives (JSON types), so both paths run the same code
 
 
 # ---- the pieces -------------------------------------------------------------------------------------------
