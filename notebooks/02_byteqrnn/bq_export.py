@@ -8,13 +8,18 @@ them into int8 tensors and uses a small representative set for any range it stil
 purpose: the QRNN fo-pooling (its ops carry the name scope `bq_layers.FLOAT_SCOPE`), whose state SeqFlowLite's
 TFLite pooling op keeps in float32 (research/seq_flow_lite/tflite_ops/tflite_qrnn_pooling.cc: uint8 gates in,
 `state[j] = state[j] * multiplier_value + constant_vale` in float, quantized outputs). The converter alone would
-calibrate and quantize those ops too (an int8 state at every step), so the conversion is done in its two steps,
+calibrate and quantize those ops too (the earlier, unrolled export did: an int8 multiply of the state at every
+step), so the conversion is done in its two steps,
 calibration then `mlir_quantize` with those ops denylisted (the selective quantization that
-`tf.lite.experimental.QuantizationDebugger` exposes).
+`tf.lite.experimental.QuantizationDebugger` exposes). The pooling is converted in its recursive-doubling form
+(`bq_layers.fo_pool_doubling`): a handful of ops per level of log2(T) instead of two per step unrolled. A TFLite
+WHILE loop would be shorter still, but TF 2.21's int8 calibrator segfaults on it (tensorflow/tensorflow#75140:
+it logs WHILE outputs that the kernel has released), and it copies its loop tensors at every iteration.
 """
 from __future__ import annotations
 
 import os
+import re
 from typing import Optional
 
 import numpy as np
@@ -75,12 +80,19 @@ def compact_flatbuffer(buf: bytes) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+def scope_instance(tensor_name: str, scope: str = FLOAT_SCOPE) -> Optional[str]:
+    """The instance of name scope `scope` that a converted tensor was made in ('fo_pool_float_state', or '..._1',
+    '..._2' for the next layers: TF numbers a scope entered again), or None."""
+    m = re.search(rf"(?:^|/)({re.escape(scope)}(?:_\d+)?)/", tensor_name)
+    return m.group(1) if m else None
+
+
 def float_scope_tensors(model_content: bytes, scope: str = FLOAT_SCOPE) -> list:
-    """Names of the tensors of a (calibrated, float) flatbuffer made inside name scope `scope`."""
+    """Names of the tensors of a (calibrated, float) flatbuffer made inside name scope `scope` (any instance)."""
     from tensorflow.lite.tools import flatbuffer_utils
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_content))
     names = [t.name.decode() if isinstance(t.name, bytes) else t.name for sg in model.subgraphs for t in sg.tensors]
-    return [n for n in names if f"/{scope}/" in n or n.startswith(f"{scope}/")]
+    return [n for n in names if scope_instance(n, scope)]
 
 
 def int8_convert(concrete_fn, trackable, representative, float_scope: Optional[str] = FLOAT_SCOPE) -> bytes:
@@ -115,7 +127,8 @@ def to_int8_tflite(model, max_len: int, representative: np.ndarray, path=None, c
     # one all-padding row too: the ranges it alone exercises (the empty-input term of the attention pooling) get
     # calibrated, so that such an input has a defined int8 result
     representative = np.concatenate([check_ids(representative, max_len), np.zeros((1, max_len), np.int32)])
-    @tf.function(input_signature=[tf.TensorSpec([1, max_len], tf.int32, name="byte_ids")])
+    # autograph off: plain Keras calls (AutoGraph warns about a closure over a rebound `model`)
+    @tf.function(input_signature=[tf.TensorSpec([1, max_len], tf.int32, name="byte_ids")], autograph=False)
     def serve(ids):
         return model(ids, training=False)
 
@@ -174,8 +187,8 @@ class TFLiteClassifier:
         return counts
 
     def float_ops(self) -> dict:
-        """Ops that read or write a float32 tensor, by name (full-integer: only the int->float mask
-        casts and their QUANTIZE/DEQUANTIZE at the edges)."""
+        """Ops that read or write a float32 tensor, by name (full-integer: the int->float mask casts, the fo-pooling
+        kept in float, and their QUANTIZE/DEQUANTIZE at the edges)."""
         f32 = {d["index"] for d in self.interp.get_tensor_details() if d["dtype"] == np.float32}
         out = {}
         for op in self.interp._get_ops_details():

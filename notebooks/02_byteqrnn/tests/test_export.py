@@ -20,6 +20,28 @@ def test_tf_byte_splitter_matches_numpy():
     assert np.array_equal(tf_ids, encode_bytes(texts, 16))
 
 
+def _pooling_dtypes(raw: bytes) -> dict:
+    """For each instance of the pooling's name scope in an uncompacted flatbuffer (names kept; the scope is entered
+    once per QRNN layer: 'fo_pool_float_state', '..._1', ...), the tensor types its ops read and write, int32
+    (shapes, paddings) left out; the QUANTIZE of the states on their way out counts by its input."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(raw))
+    types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    tensors = model.subgraphs[0].tensors
+    name = lambda i: tensors[i].name.decode() if isinstance(tensors[i].name, bytes) else tensors[i].name
+    out = {}
+    for op in model.subgraphs[0].operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        scopes = {E.scope_instance(name(o)) for o in op.outputs} - {None}
+        if scopes:
+            is_quantize = max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.QUANTIZE
+            io = list(op.inputs) + ([] if is_quantize else list(op.outputs))
+            out.setdefault(scopes.pop(), set()).update(types[tensors[i].type] for i in io
+                                                       if i >= 0 and types[tensors[i].type] != "INT32")
+    return out
+
+
 def test_int8_export_agrees_with_keras():
     """Trained with the scan pooling (the GPU form); the export rebuilds it with the unrolled loop."""
     cfg = M.ByteConfig(max_len=32, embed_dim=16, bottleneck=16, state=16, layers=1, gbst_downsample=2, pooling="scan")
@@ -48,6 +70,7 @@ def test_int8_export_agrees_with_keras():
     raw = E.to_int8_tflite(model, 32, x[:32], compact=False)
     assert len(buf) < 0.9 * len(raw)
     assert np.array_equal(E.TFLiteClassifier(raw).predict(x[:64]), lite_logits)
+    assert _pooling_dtypes(raw) == {"fo_pool_float_state": {"FLOAT32"}}
     d = E.disagreement(keras_logits, lite_logits)
     # probabilities within 0.05 and the same ranking (what AUC reads); this 40-step toy model's logits sit near 0,
     # so its decision flips at logit 0 say little
@@ -124,14 +147,17 @@ def test_int8_file_keeps_the_pooling_state_in_float():
 def test_full_profile_int8_file_is_at_least_50x_smaller_than_minilm():
     """The issue's size goal at the full profile's architecture (section 1's K: 256 bytes, width 128, three
     bi-QRNN layers; 1.61M parameters). The file size depends on the architecture only, so untrained weights
-    measure it. Measured 2026-11-30: 1.66 MB = 54.8x (the int8 weights 1.61 MB, the graph 49 KB); with the
-    recurrence unrolled it was 1.91 MB = 47.5x (a graph of 2,511 ops and 3,357 tensors, 0.30 MB)."""
+    measure it. Measured 2026-11-30: 1.66 MB = 54.8x (weights and constants 1.61 MB; the graph, 375 ops and 473
+    tensors, 49 KB); with the recurrence unrolled it was 1.91 MB = 47.5x (2,511 ops and 3,357 tensors, 0.30 MB)."""
     import bq_baseline as BL
     from labkit.data import require
     tf.random.set_seed(0)
     cfg = M.ByteConfig(max_len=256, embed_dim=128, bottleneck=128, state=128, layers=3, gbst_downsample=2, heads=4)
     model = M.build_classifier(cfg)
     x = encode_bytes([f"texto de prueba {i} " * (i % 12 + 1) for i in range(16)], 256)
-    buf = E.to_int8_tflite(model, 256, x)
+    raw = E.to_int8_tflite(model, 256, x, compact=False)
+    # each of the three layers' pooling is float (its scope's later instances are numbered)
+    assert _pooling_dtypes(raw) == {f"fo_pool_float_state{s}": {"FLOAT32"} for s in ("", "_1", "_2")}
+    buf = E.compact_flatbuffer(raw)
     minilm_bytes = BL.fp32_bytes(BL.load_minilm(require("minilm"))[1])
     assert minilm_bytes / len(buf) >= 50, f"{len(buf) / 1e6:.2f} MB is only {minilm_bytes / len(buf):.1f}x smaller"
