@@ -46,6 +46,13 @@ def test_fit_lowers_the_loss_and_validates(subjects, recipe, tmp_path):
 def test_history_targets():
     h = mo_train.History(val_epochs=[2, 4], val_dice=[[0.4, 0.6], [0.8, 0.9]], wall=[1.0, 2.0])
     assert h.time_to_target(0.5) == 1.0 and h.epochs_to_target(0.8) == 4 and h.time_to_target(0.95) is None
+    # the regular run (budget-limited) peaks at mean 0.7: both are timed to 0.7, cache fill included
+    fast = mo_train.History(val_epochs=[1, 2, 3], val_dice=[[0.5, 0.5], [0.7, 0.7], [0.9, 0.9]], wall=[1, 2, 3],
+                            setup_seconds=1.0)
+    reg = mo_train.History(val_epochs=[1, 2], val_dice=[[0.6, 0.6], [0.7, 0.7]], wall=[10, 20], setup_seconds=0.0)
+    assert mo_train.matched_dice_speedup(fast, reg) == {"val_mean_dice": 0.7, "fast_s": 3.0, "regular_s": 20.0,
+                                                        "speedup": 20.0 / 3.0}
+    assert mo_train.matched_dice_speedup(fast, mo_train.History()) is None
 
 
 def test_ddp_one_and_two_processes_same_global_batch(synth_subjects, tmp_path):
