@@ -185,7 +185,7 @@ def test_a_full_run_without_figures_keeps_the_smoke_runs_figure(tmp_path):
     ref = json.loads((ROOT / "notebooks" / FULL / "results" / "full.json").read_text())
     results = tmp_path / "results.json"
     results.write_text(json.dumps(dict(ref, run_id=RUN, machine=MACHINE, created="2026-11-30")))
-    full_runs.publish(executed, FULL, results, notebooks=notebooks)
+    full_runs.publish(executed, FULL, results, notebooks=notebooks, allow_no_figures=True)
     entries = build_site.build(notebooks, tmp_path / "site", summary_path=tmp_path / "none.json", quiet=True,
                                notebooks=notebooks)
     entry = {e["folder"]: e for e in entries}[FULL]
