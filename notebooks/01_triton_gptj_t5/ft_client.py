@@ -191,33 +191,37 @@ def client_error(status: str) -> bool:
     return status.startswith("4") or status.endswith("INVALID_ARGUMENT")
 
 
-def load_run(url: str, prompts: Sequence[str], output_len: int, concurrency: int = 4, requests: int = 32,
-             protocol: str = "http", progress=None) -> dict:
-    """`requests` ensemble requests from `concurrency` threads (each with its own client); latency
-    percentiles, throughput and failures."""
-    lat, errors = [], []
+def closed_loop(url: str, protocol: str, concurrency: int, requests: int, send, progress=None,
+                desc: str = "load run") -> dict:
+    """`requests` calls of `send(client, i)` from `concurrency` threads, each with its own client, one request
+    after another. Returns the latencies (s) and `send`'s results of the successful requests, the first errors,
+    the failure count and the wall time."""
+    lat, results, errors = [], [], []
     lock = threading.Lock()
     counter = iter(range(requests))
-    bar = progress(total=requests, desc="load run") if progress else None
+    bar = progress(total=requests, desc=desc) if progress else None
 
     def work():
         c = client(url, protocol)
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                break
-            t0 = time.perf_counter()
-            try:
-                gptj_text(c, protocol, [prompts[i % len(prompts)]], output_len)
+        try:
+            while True:
                 with lock:
-                    lat.append(time.perf_counter() - t0)
-            except Exception as exc:  # counted, reported
-                with lock:
-                    errors.append(str(exc))
-            if bar:
-                bar.update(1)
-        c.close()
+                    i = next(counter, None)
+                if i is None:
+                    return
+                t0 = time.perf_counter()
+                try:
+                    out = send(c, i)
+                    with lock:
+                        lat.append(time.perf_counter() - t0)
+                        results.append(out)
+                except Exception as exc:  # noqa: BLE001 - counted and reported
+                    with lock:
+                        errors.append(f"{type(exc).__name__}: {exc}")
+                if bar:
+                    bar.update(1)
+        finally:
+            c.close()
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=work) for _ in range(concurrency)]
@@ -228,10 +232,25 @@ def load_run(url: str, prompts: Sequence[str], output_len: int, concurrency: int
     wall = time.perf_counter() - t0
     if bar:
         bar.close()
-    a = np.array(lat) * 1e3 if lat else np.array([float("nan")])
-    return {"requests": requests, "concurrency": concurrency, "failed": len(errors), "errors": errors[:3],
+    return {"latencies_s": lat, "results": results, "errors": errors[:3], "failed": len(errors), "wall_s": wall}
+
+
+def latency_ms(latencies_s: Sequence[float]) -> np.ndarray:
+    """Latencies in ms for percentiles (NaN where nothing succeeded)."""
+    return np.array(latencies_s) * 1e3 if len(latencies_s) else np.array([float("nan")])
+
+
+def load_run(url: str, prompts: Sequence[str], output_len: int, concurrency: int = 4, requests: int = 32,
+             protocol: str = "http", progress=None) -> dict:
+    """`requests` ensemble requests from `concurrency` threads (each with its own client); latency
+    percentiles, throughput and failures."""
+    run = closed_loop(url, protocol, concurrency, requests, progress=progress,
+                      send=lambda c, i: gptj_text(c, protocol, [prompts[i % len(prompts)]], output_len))
+    a = latency_ms(run["latencies_s"])
+    return {"requests": requests, "concurrency": concurrency, "failed": run["failed"], "errors": run["errors"],
             "p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
-            "p99_ms": float(np.percentile(a, 99)), "throughput_rps": len(lat) / wall, "wall_s": wall}
+            "p99_ms": float(np.percentile(a, 99)), "throughput_rps": len(run["latencies_s"]) / run["wall_s"],
+            "wall_s": run["wall_s"]}
 
 
 def batching_stats(c, model: str) -> dict:

@@ -21,7 +21,6 @@ import argparse
 import json
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -40,40 +39,15 @@ import ft_weights
 def load(url: str, prompt: Sequence[int], output_len: int, clients: int, requests: int, protocol: str = "grpc") -> dict:
     """`requests` gptj requests (one prompt each) from `clients` threads, each with its own client, one request
     after another; latency percentiles and generated tokens per second (from the returned sequence lengths)."""
-    lat, gen, errors = [], [], []
-    lock = threading.Lock()
-    todo = iter(range(requests))
+    def send(c, i):
+        _, lens = ft_client.gptj_ids(c, protocol, [prompt], output_len)
+        return int(lens.reshape(-1)[0]) - len(prompt)          # tokens generated for this request
 
-    def work():
-        c = ft_client.client(url, protocol)
-        try:
-            while True:
-                with lock:
-                    if next(todo, None) is None:
-                        return
-                t0 = time.perf_counter()
-                try:
-                    _, lens = ft_client.gptj_ids(c, protocol, [prompt], output_len)
-                    with lock:
-                        lat.append(time.perf_counter() - t0)
-                        gen.append(int(lens.reshape(-1)[0]) - len(prompt))
-                except Exception as exc:  # noqa: BLE001 - counted and reported
-                    with lock:
-                        errors.append(f"{type(exc).__name__}: {exc}")
-        finally:
-            c.close()
-
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=work) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    a = np.array(lat) * 1e3 if lat else np.array([float("nan")])
-    return {"clients": clients, "requests": requests, "failed": len(errors), "errors": errors[:3],
+    run = ft_client.closed_loop(url, protocol, clients, requests, send)
+    a, gen, wall = ft_client.latency_ms(run["latencies_s"]), sum(run["results"]), run["wall_s"]
+    return {"clients": clients, "requests": requests, "failed": run["failed"], "errors": run["errors"],
             "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
-            "tokens_per_s": sum(gen) / wall, "generated_tokens": sum(gen), "wall_s": wall}
+            "tokens_per_s": gen / wall, "generated_tokens": gen, "wall_s": wall}
 
 
 def direct(model, prompt: Sequence[int], output_len: int, batches: Sequence[int], device: str, dtype,
