@@ -127,9 +127,8 @@ class Stage:
         else:
             work.rmdir()
         text = json.dumps(res, default=str)
-        tmp = self.folder / f".{name}.json.tmp"
-        tmp.write_text(text)
-        tmp.replace(self.folder / f"{name}.json")
+        from labkit.paths import atomic_write_text
+        atomic_write_text(self.folder / f"{name}.json", text)
         self.computed.append(name)
         self.log(f"[stage] {name}: done in {res['piece_seconds']:.0f} s")
         return json.loads(text)     # what a later load gives (JSON types), so both paths run the same code
