@@ -87,8 +87,9 @@ def time_steps(K: dict, n: int = 3) -> None:
           keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 
 
-def run_stages(K: dict, st, budget_s: float, seed: int = 0, dataset: str = "fortunes") -> int:
-    """Run every piece not yet stored, in order, within the budget. Returns how many are left."""
+def run_stages(K: dict, st, budget_s: float, seed: int = 0, dataset: str = "fortunes", skip=()) -> int:
+    """Run every piece not yet stored, in order, within the budget, except those named in `skip` (left for
+    another machine, e.g. MiniLM where its 90 MB weights were not carried). Returns how many are left."""
     import keras
     import bq_data
     import bq_stages as ST
@@ -116,13 +117,21 @@ def run_stages(K: dict, st, budget_s: float, seed: int = 0, dataset: str = "fort
         ("matt_timing", 30.0, lambda: ST.matt_timing_piece(st, K, seed)),
         ("minilm", 60.0, lambda: ST.minilm_piece(st, K, splits, seed, _torch_device(), progress=progress)),
     ]
-    left = 0
+    unknown = set(skip) - {name for name, _, _ in pieces}
+    if unknown:
+        raise SystemExit(f"--skip {sorted(unknown)}: no such piece; pieces are {[n for n, _, _ in pieces]}")
+    left = skipped = 0
     for name, expected, fn in pieces:
         if st.json_path(name).exists():
             log(f"{name}: already in {st.folder}")
             continue
+        if name in skip:
+            log(f"{name}: skipped here (--skip); run it on another machine")
+            left += 1
+            skipped += 1
+            continue
         elapsed = time.perf_counter() - t_start
-        if left or elapsed + expected > budget_s:
+        if left > skipped or elapsed + expected > budget_s:
             log(f"{name}: not started (expected {expected:.0f} s; {budget_s - elapsed:.0f} s of the budget left)")
             left += 1
             continue
@@ -173,6 +182,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="smoke-profile sizes (an end-to-end test of the pieces)")
     ap.add_argument("--time-steps", action="store_true", help="time one full-size training step of each model")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip", action="append", default=[], metavar="PIECE",
+                    help="leave this piece for another machine (repeatable), e.g. --skip minilm")
     args = ap.parse_args(argv)
     import keras
     import labkit
@@ -190,7 +201,7 @@ def main(argv=None) -> int:
     if args.export:
         run_export(K, st, args.seed)
         return 0
-    left = run_stages(K, st, args.budget_s, args.seed)
+    left = run_stages(K, st, args.budget_s, args.seed, skip=tuple(args.skip))
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
     log(f"stage dir holds {size / 2**20:.1f} MiB")
     print("STAGES COMPLETE" if left == 0 else f"STAGES LEFT: {left}", flush=True)
