@@ -17,8 +17,16 @@ GPT-J-6B and T5 use RANDOM weights at the real sizes: timing only (decode cost d
     python ft_batch_bench.py --merge b1.json bt.json --out batch_bench.json
     python ft_batch_bench.py --tiny --out tiny.json                 # the same code at toy sizes on the CPU
 
+With --stage, --out and the --merge inputs are read and written in labkit.stage_dir("01_triton_gptj_t5", "full")
+(build/stages/01_triton_gptj_t5.full, or $LABKIT_STAGE_DIR/...), where the notebook's full profile looks for
+batch_bench.json (the --out default):
+    python ft_batch_bench.py --stage --parts gptj_b1 --out b1.json
+    python ft_batch_bench.py --stage --parts gptj_batch,t5 --out bt.json
+    python ft_batch_bench.py --stage --merge b1.json bt.json
+
 The output's "metrics" holds the scalar keys results/full.json takes (gptj_ms_per_token, gptj_int8_ms_per_token,
-gptj_int8_token_agreement, gptj_batch64_tokens_per_s, t5_small_batch_speedup_vs_hf, ...), "bench" the tables.
+gptj_int8_token_agreement, gptj_batch64_tokens_per_s, t5_small_batch_speedup_vs_hf, ...), "bench" the tables,
+"copy_tb_per_s" the device-to-device copy bandwidth measured at the start of the run (the bandwidth floor's divisor).
 """
 from __future__ import annotations
 
@@ -39,10 +47,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 
 import ft_bench  # noqa: E402
 import ft_int8  # noqa: E402
+import ft_roofline  # noqa: E402
 import ft_runtime_gptj  # noqa: E402
 import ft_runtime_t5  # noqa: E402
 import labkit  # noqa: E402
+import labkit.paths  # noqa: E402
 
+FOLDER = "01_triton_gptj_t5"
 PARTS = ("gptj_b1", "gptj_batch", "t5")
 # seconds a part takes at full size on one H200 (estimates from the compile times seen there: ~30 s per
 # compiled GPT-J step shape, ~45 s to build GPT-J-6B): a part that does not fit the budget left is not started
@@ -210,6 +221,8 @@ def t5_tables(archs, cfg: dict, device: str, dtype, log: Callable) -> Dict:
 def metrics(res: dict) -> dict:
     """The scalar keys for results/full.json, from whichever parts are present."""
     m = {}
+    if res.get("copy_tb_per_s"):
+        m["copy_tb_per_s"] = res["copy_tb_per_s"]
     b1 = res.get("gptj_b1")
     if b1:
         bench = b1["bench"]
@@ -218,6 +231,8 @@ def metrics(res: dict) -> dict:
             m["gptj_speedup_vs_hf"] = bench["runtime"]["speedup_vs_hf"]
         if "hf eager" in bench:
             m["gptj_hf_eager_ms_per_token"] = bench["hf eager"]["ms_per_token"]
+        if "runtime" in bench and res.get("copy_tb_per_s"):
+            m["gptj_fraction_of_copy_bandwidth"] = ratio(bench["runtime"]["weight_tb_per_s"], res["copy_tb_per_s"])
         best = b1.get("int8_best")
         if best:
             m["gptj_int8_ms_per_token"] = bench[best]["ms_per_token"]
@@ -258,6 +273,9 @@ def run(parts, tiny: bool, budget_s: float, t5_archs, log: Callable = print) -> 
     cfg = sizes(tiny)
     device, dtype = ("cpu", torch.float32) if tiny else ("cuda", torch.float16)
     res, left, t_start = {}, [], time.perf_counter()
+    # the bandwidth a step's reads are measured against, on this device in this run (a toy copy on the CPU)
+    res["copy_tb_per_s"] = ft_roofline.copy_tb_per_s(device, nbytes=(1 << 24) if tiny else (1 << 30))
+    log(f"device-to-device copy: {res['copy_tb_per_s']:.3f} TB/s (read + write)")
     big = None
     for part in parts:
         spent = time.perf_counter() - t_start
@@ -291,13 +309,24 @@ def main(argv=None) -> dict:
     ap.add_argument("--budget-s", type=float, default=510.0, help="do not start a part expected to end after this")
     ap.add_argument("--t5-archs", default="t5-small", help="comma-separated: t5-small, t5-base")
     ap.add_argument("--merge", nargs="+", help="merge these output files into --out instead of running")
+    ap.add_argument("--stage", action="store_true",
+                    help=f"relative --out / --merge paths are in labkit.stage_dir({FOLDER!r}, 'full'), where the notebook looks")
     a = ap.parse_args(argv)
+    if a.stage and a.tiny:
+        ap.error("--stage is for the full-size GPU runs the notebook loads; a --tiny run is not one")
+    base = labkit.stage_dir(FOLDER, "full") if a.stage else Path(".")
+    out_path = base / a.out
     if a.merge:
         res = {"runs": []}
         for f in a.merge:
-            r = json.loads(Path(f).read_text())
+            r = json.loads((base / f).read_text())
             res.update({k: v for k, v in r.items() if k in PARTS})
-            res["runs"].append({k: r.get(k) for k in ("machine", "date", "total_s", "parts_left")})
+            res["runs"].append({k: r.get(k) for k in ("machine", "date", "total_s", "parts_left", "copy_tb_per_s")})
+            if r.get("copy_tb_per_s") and "copy_tb_per_s" not in res:
+                res["copy_tb_per_s"] = r["copy_tb_per_s"]
+            for k in ("machine", "date", "tiny"):
+                res.setdefault(k, r.get(k))
+        res["parts_left"] = sorted({p for r in res["runs"] for p in (r.get("parts_left") or [])} - set(res))
     else:
         parts = [p.strip() for p in a.parts.split(",") if p.strip()]
         bad = [p for p in parts if p not in PARTS]
@@ -311,7 +340,8 @@ def main(argv=None) -> dict:
         res.update(machine=machine(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                    total_s=time.perf_counter() - t0, tiny=a.tiny)
     res["metrics"] = metrics(res)
-    Path(a.out).write_text(json.dumps(res, indent=1, default=str))
+    labkit.paths.atomic_write_text(out_path, json.dumps(res, indent=1, default=str))
+    print(f"wrote {out_path}")
     print(json.dumps(res["metrics"], indent=1))
     if res.get("parts_left"):
         print("PARTS LEFT:", ",".join(res["parts_left"]))

@@ -5,6 +5,8 @@ import pytest
 import torch
 
 import ft_batch_bench
+import ft_roofline
+import labkit
 
 
 def test_tiny_run_and_merge(tmp_path, capsys):
@@ -27,6 +29,24 @@ def test_tiny_run_and_merge(tmp_path, capsys):
                 "t5_tiny_batch_speedup_vs_hf", "t5_tiny_batch_speedup_vs_hf_beam4"):
         assert key in m, key
     assert m["gptj_batch3_tokens_per_s"] > 0 and len(merged["runs"]) == 2
+    assert r1["copy_tb_per_s"] > 0 and merged["copy_tb_per_s"] == r1["copy_tb_per_s"] == m["copy_tb_per_s"]
+    assert merged["parts_left"] == [] and merged["tiny"] is True
+    with pytest.raises(ValueError, match="--tiny"):   # the notebook does not take a toy run for a measurement
+        ft_roofline.load_stage(out)
+
+
+def test_stage_merge_is_what_the_notebook_loads(tmp_path, monkeypatch):
+    """--stage reads and writes in labkit.stage_dir(FOLDER, "full"); the merged file there is what the
+    notebook's full profile loads. The inputs are one tiny run relabelled as not tiny (the file plumbing
+    under test does not depend on the sizes)."""
+    monkeypatch.setenv("LABKIT_STAGE_DIR", str(tmp_path / "stages"))
+    r = ft_batch_bench.main(["--tiny", "--parts", "gptj_batch", "--out", str(tmp_path / "t.json")])
+    stage = labkit.stage_dir(ft_batch_bench.FOLDER, "full")
+    (stage / "bt.json").write_text(json.dumps(dict(r, tiny=False, parts_left=["t5"])))
+    merged = ft_batch_bench.main(["--stage", "--merge", "bt.json"])
+    loaded = ft_roofline.load_stage(stage / "batch_bench.json")
+    assert loaded["metrics"] == merged["metrics"] and loaded["metrics"]["gptj_batch3_tokens_per_s"] > 0
+    assert loaded["parts_left"] == ["t5"] and loaded["copy_tb_per_s"] == r["copy_tb_per_s"]
 
 
 def test_bad_arguments(capsys):
@@ -37,3 +57,6 @@ def test_bad_arguments(capsys):
         with pytest.raises(SystemExit):
             ft_batch_bench.main(["--parts", "t5"])
         assert "no CUDA device" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ft_batch_bench.main(["--tiny", "--stage"])
+    assert "a --tiny run is not one" in capsys.readouterr().err

@@ -1,0 +1,91 @@
+"""ft_roofline: the bytes it counts are the runtime's, the bound switches from memory to compute where the
+arithmetic says, the copy timing runs, and the files of the long GPU runs are read or refused clearly."""
+import json
+
+import pytest
+import torch
+
+import ft_bench
+import ft_roofline as R
+import ft_runtime_gptj
+
+H200 = (R.H200["copy_tb_per_s"], R.H200["fp16_tflops"])
+
+
+@pytest.mark.parametrize("int8", [None, "dequant"])
+def test_weight_bytes_match_the_runtime(int8):
+    torch.manual_seed(0)
+    model = ft_bench.random_gptj("tiny", torch.float32, "cpu")
+    rt = ft_runtime_gptj.GPTJRuntime.from_hf(model, dtype=torch.float32, device="cpu", max_len=16, int8=int8)
+    assert R.step_weight_bytes(R.config_of(model.config), dtype_bytes=4, int8=bool(int8)) == rt.weight_bytes()
+
+
+def test_gptj_6b_floors():
+    fp16, int8 = R.step_weight_bytes(R.GPTJ_6B), R.step_weight_bytes(R.GPTJ_6B, int8=True)
+    assert 11.5e9 < fp16 < 12.1e9                  # 6.05 B parameters less the embedding table, 2 bytes each
+    assert 0.5 < int8 / fp16 < 0.53                 # layer GEMMs halved; the logits GEMM stays fp16
+    b1 = R.decode_bound(R.GPTJ_6B, 1, 128, 64, *H200)
+    assert b1["limit"] == "memory" and b1["kv_ms"] < 0.02 * b1["weights_ms"]
+    assert b1["weights_ms"] == pytest.approx(fp16 / 4.3e12 * 1e3)
+
+
+def test_bound_switches_to_compute_at_the_ridge():
+    ridge = R.ridge_batch(R.GPTJ_6B, *H200)
+    assert 200 < ridge < 260
+    # with a one-position context the KV cache is negligible: the GEMMs decide
+    assert R.step_bound(R.GPTJ_6B, int(ridge * 0.9), 1, *H200)["limit"] == "memory"
+    assert R.step_bound(R.GPTJ_6B, int(ridge * 1.1), 1, *H200)["limit"] == "compute"
+    # with 128 + 128 tokens the KV cache keeps batch 64 memory-bound, and it reads GBs a step
+    b64 = R.decode_bound(R.GPTJ_6B, 64, 128, 128, *H200)
+    assert b64["limit"] == "memory" and b64["kv_ms"] * 4.3 > 4.0    # GB
+    e2e = R.generate_bound(R.GPTJ_6B, 64, 128, 128, *H200)
+    assert e2e["tokens_per_s"] < b64["tokens_per_s"] and e2e["context_ms"] > b64["bound_ms"]
+
+
+def test_bad_sizes_are_refused():
+    with pytest.raises(ValueError, match="batch=0"):
+        R.step_bound(R.GPTJ_6B, 0, 10, *H200)
+    with pytest.raises(ValueError, match="inter_size"):
+        R.step_weight_bytes({"hidden": 4, "vocab_size": 10, "num_layer": 1})
+    with pytest.raises(ValueError, match="at least 2 new tokens"):
+        R.decode_bound(R.GPTJ_6B, 1, 8, 1, *H200)
+    with pytest.raises(ValueError, match="positive"):
+        R.copy_tb_per_s("cpu", nbytes=0)
+
+
+def test_copy_bandwidth_on_the_cpu():
+    assert R.copy_tb_per_s("cpu", nbytes=1 << 20, repeat=3) > 0
+
+
+def test_stage_file(tmp_path):
+    path = tmp_path / "batch_bench.json"
+    assert R.load_stage(path) is None
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not JSON"):
+        R.load_stage(path)
+    path.write_text(json.dumps({"metrics": {}}))
+    with pytest.raises(ValueError, match="none of the parts"):
+        R.load_stage(path)
+    path.write_text(json.dumps({"metrics": {}, "gptj_batch": {}, "tiny": True}))
+    with pytest.raises(ValueError, match="--tiny"):
+        R.load_stage(path)
+
+
+def test_served_row(tmp_path):
+    path = tmp_path / "served_gpu.json"
+    assert R.served_tokens_per_s(path) is None
+    path.write_text(json.dumps({"machine": {"gpu": "x"}, "load": [{"clients": 1, "tokens_per_s": 300.0},
+                                                                 {"clients": 32, "tokens_per_s": 4000.0}]}))
+    assert R.served_tokens_per_s(path)["tokens_per_s"] == 4000.0
+    assert R.served_tokens_per_s(path, clients=8) is None
+
+
+def test_goals():
+    rows = {r["metric"]: r for r in R.goals({"gptj_ms_per_token": 3.5, "gptj_int8_ms_per_token": 1.9,
+                                             "gptj_int8_perplexity_rel_change": -0.02}, copy_bw=4.3,
+                                            kernels=[("gemv_kernel", 1.2, 28)])}
+    assert rows["gptj_ms_per_token"]["met"] is False
+    assert "78% of the 4.30 TB/s" in rows["gptj_ms_per_token"]["why"] and "gemv_kernel" in rows["gptj_ms_per_token"]["why"]
+    assert rows["gptj_int8_ms_per_token"]["met"] is True
+    assert rows["gptj_int8_perplexity_rel_change"]["met"] is False       # 2% is outside 1%
+    assert rows["gptj_batch64_tokens_per_s"]["met"] is None and "not measured" in rows["gptj_batch64_tokens_per_s"]["why"]
