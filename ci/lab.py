@@ -52,7 +52,7 @@ def lab_command(ip: str, port: int, token: str, root_dir: Path, open_browser: bo
 
 def lab_env() -> dict:
     env = dict(os.environ)
-    # `make` exports MPLBACKEND=Agg for batch runs; in JupyterLab plots must show inline.
+    # A batch environment (CI, a container image) may export MPLBACKEND=Agg; in JupyterLab plots must show inline.
     if env.get("MPLBACKEND", "").lower() == "agg":
         del env["MPLBACKEND"]
     env.setdefault("LABKIT_DATA_ROOT", str(ROOT / "data"))
