@@ -82,10 +82,20 @@ def test_served_row(tmp_path):
 
 def test_goals():
     rows = {r["metric"]: r for r in R.goals({"gptj_ms_per_token": 3.5, "gptj_int8_ms_per_token": 1.9,
-                                             "gptj_int8_perplexity_rel_change": -0.02}, copy_bw=4.3,
+                                             "gptj_int8_perplexity_rel_change": -0.02,
+                                             "t5_small_batch_speedup_vs_hf": 9.0}, copy_bw=4.3,
                                             kernels=[("gemv_kernel", 1.2, 28)])}
     assert rows["gptj_ms_per_token"]["met"] is False
     assert "78% of the 4.30 TB/s" in rows["gptj_ms_per_token"]["why"] and "gemv_kernel" in rows["gptj_ms_per_token"]["why"]
     assert rows["gptj_int8_ms_per_token"]["met"] is True
     assert rows["gptj_int8_perplexity_rel_change"]["met"] is False       # 2% is outside 1%
+    assert rows["t5_small_batch_speedup_vs_hf"]["met"] is None and rows["t5_small_batch_speedup_vs_hf"]["why"] == "9.0x greedy"
     assert rows["gptj_batch64_tokens_per_s"]["met"] is None and "not measured" in rows["gptj_batch64_tokens_per_s"]["why"]
+
+
+def test_bound_table_grows_with_batch_until_the_kv_cache_weighs():
+    rows = R.bound_table(R.GPTJ_6B, [1, 64, 256], 128, 128, *H200)
+    tps = [r["decode_tokens_per_s"] for r in rows]
+    assert tps[0] < tps[1] < tps[2] and tps[1] / tps[0] < 64        # the batch shares the weights, not the KV
+    assert all(r["end_to_end_tokens_per_s"] <= r["decode_tokens_per_s"] * 1.001 for r in rows)
+    assert rows[-1]["kv_cache_ms"] > rows[-1]["weights_ms"]
