@@ -36,6 +36,7 @@ def knobs(profile: str) -> dict:
         steps=pick(400, 4000),
         batch=pick(32, 64),
         lr=pick(2e-3, 1e-3),
+        tf_warmup=pick(40, 400),
         pre_steps=pick(300, 6000),
         minilm=pick(dict(max_tokens=64, epochs=1, batch_size=16, lr=8e-5, max_train=1200),
                     dict(max_tokens=128, epochs=3, batch_size=32, lr=5e-5, max_train=None)),
@@ -63,6 +64,12 @@ def classifier_configs(K: dict, pooling: str = "loop") -> dict:
            for name, enc in CLASSIFIERS.items()}
     out["ByteQRNN (SFL GBST)"] = out["ByteQRNN"].with_(gbst_mixing="sfl")
     return out
+
+
+def warmup_steps(K: dict, cfg) -> int:
+    """Linear warmup steps of a classifier's learning rate: none for the QRNN, `K["tf_warmup"]` for the
+    Transformer encoders."""
+    return 0 if cfg.encoder == "qrnn" else K["tf_warmup"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,6 +158,14 @@ def load_data(K: dict, seed: int, dataset: str = "fortunes"):
 # Pieces
 # ----------------------------------------------------------------------------------------------
 
+def classifier_settings(cfg, K: dict, seed: int, split: str, extra: Optional[dict] = None) -> dict:
+    """What a stored classifier piece must match to be loaded. The warmup is named only where there is one, so
+    the QRNN pieces (no warmup) keep the settings, and the stored results, they had before warmup existed."""
+    warm = warmup_steps(K, cfg)
+    return _settings(cfg=cfg, steps=K["steps"], batch=K["batch"], lr=K["lr"], seed=seed, split=split,
+                     **({"warmup": warm} if warm else {}), **(extra or {}))
+
+
 def train_classifier_piece(st: Stages, name: str, cfg, K: dict, data, seed: int, keep_weights: bool = False,
                            init: Optional[Callable] = None, settings_extra: Optional[dict] = None):
     """Train `cfg` from scratch (or from `init(model)`) and score the test split. Returns (model or None,
@@ -160,8 +175,7 @@ def train_classifier_piece(st: Stages, name: str, cfg, K: dict, data, seed: int,
     import bq_train as T
     from labkit import Stopwatch, select_device
     splits, xtr, ytr, xte = data[1], data[2], data[3], data[4]
-    settings = _settings(cfg=cfg, steps=K["steps"], batch=K["batch"], lr=K["lr"], seed=seed,
-                         split=splits.fingerprint(), **(settings_extra or {}))
+    settings = classifier_settings(cfg, K, seed, splits.fingerprint(), settings_extra)
     rec = st.load(name, settings)
     if rec is not None:
         model = None
@@ -175,7 +189,8 @@ def train_classifier_piece(st: Stages, name: str, cfg, K: dict, data, seed: int,
     if init is not None:
         init(model)
     with Stopwatch() as sw:
-        losses = T.train_classifier(model, xtr, ytr, K["steps"], K["batch"], K["lr"], seed=seed, desc=name)
+        losses = T.train_classifier(model, xtr, ytr, K["steps"], K["batch"], K["lr"], seed=seed, desc=name,
+                                    warmup_steps=warmup_steps(K, cfg))
     scores = T.predict_logits(model, xte)
     sizes = M.model_sizes(model)
     metrics = {"losses": losses, "test_scores": scores, "auc": T.auc_table(splits.test, scores),

@@ -40,17 +40,44 @@ def encode_split(df: pd.DataFrame, max_len: int):
     return encode_bytes(df["text"].tolist(), max_len), df["label"].to_numpy().astype(np.float32)[:, None]
 
 
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """`schedule(step)` scaled by min(1, (step + 1) / warmup_steps): a linear ramp from lr / warmup_steps up to the
+    schedule over the first `warmup_steps` steps, then the schedule itself."""
+
+    def __init__(self, schedule, warmup_steps: int):
+        self.schedule, self.warmup_steps = schedule, int(warmup_steps)
+
+    def __call__(self, step):
+        ramp = keras.ops.minimum(1.0, (keras.ops.cast(step, "float32") + 1.0) / float(self.warmup_steps))
+        return self.schedule(step) * ramp
+
+    def get_config(self):
+        return {"schedule": keras.optimizers.schedules.serialize(self.schedule), "warmup_steps": self.warmup_steps}
+
+
+def lr_schedule(lr: float, steps: int, warmup_steps: int = 0):
+    """The classifiers' learning rate: linear decay from `lr` to lr/20 over `steps`, with an optional linear warmup
+    over the first `warmup_steps` (the Transformer encoders need one: see bq_stages.knobs)."""
+    if warmup_steps < 0 or warmup_steps >= steps:
+        raise ValueError(f"warmup_steps={warmup_steps}; use 0 (none) up to steps - 1 = {steps - 1}")
+    sched = keras.optimizers.schedules.PolynomialDecay(lr, decay_steps=steps, end_learning_rate=lr * 0.05)
+    return LinearWarmup(sched, warmup_steps) if warmup_steps else sched
+
+
 def train_classifier(model, x, y, steps: int, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
-                     desc: str = "train", pos_weight: Optional[float] = None, jit_compile="auto") -> list:
-    """Adam with linear decay, BCE on the logit, `steps` batches sampled with replacement-free epochs
-    (`jit_compile=False`: no XLA compile, for a few steps in tests). Returns the per-step loss curve."""
+                     desc: str = "train", pos_weight: Optional[float] = None, jit_compile="auto",
+                     warmup_steps: int = 0, stop_after: Optional[int] = None) -> list:
+    """Adam with linear decay (see `lr_schedule`), BCE on the logit, `steps` batches sampled with replacement-free
+    epochs (`jit_compile=False`: no XLA compile, for a few steps in tests). `stop_after` trains only the first
+    that many of the `steps` (same batches and schedule: the start of the long run, for probes). Returns the loss
+    curve as Keras logs it: the running mean over the steps so far."""
     n = len(x)
     steps_per_epoch = int(np.ceil(n / batch_size))
     epochs = int(np.ceil(steps / steps_per_epoch))
     rng = np.random.default_rng(seed)
-    order = np.concatenate([rng.permutation(n) for _ in range(epochs)])[: steps * batch_size]
+    order = np.concatenate([rng.permutation(n) for _ in range(epochs)])[: min(steps, stop_after or steps) * batch_size]
     xs, ys = x[order], y[order]
-    sched = keras.optimizers.schedules.PolynomialDecay(lr, decay_steps=steps, end_learning_rate=lr * 0.05)
+    sched = lr_schedule(lr, steps, warmup_steps)
     model.compile(optimizer=keras.optimizers.Adam(sched, clipnorm=1.0),
                   loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=jit_compile)
     w = None
