@@ -54,6 +54,10 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self):
         return {"schedule": keras.optimizers.schedules.serialize(self.schedule), "warmup_steps": self.warmup_steps}
 
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.optimizers.schedules.deserialize(config["schedule"]), config["warmup_steps"])
+
 
 def lr_schedule(lr: float, steps: int, warmup_steps: int = 0):
     """The classifiers' learning rate: linear decay from `lr` to lr/20 over `steps`, with an optional linear warmup
@@ -64,6 +68,14 @@ def lr_schedule(lr: float, steps: int, warmup_steps: int = 0):
     return LinearWarmup(sched, warmup_steps) if warmup_steps else sched
 
 
+def batch_order(n: int, steps: int, batch_size: int, seed: int) -> np.ndarray:
+    """The example indices `train_classifier` feeds, in order: replacement-free epochs (a fresh permutation of the
+    n examples each), `steps` batches of `batch_size`."""
+    epochs = int(np.ceil(steps / int(np.ceil(n / batch_size))))
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.permutation(n) for _ in range(epochs)])[: steps * batch_size]
+
+
 def train_classifier(model, x, y, steps: int, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
                      desc: str = "train", pos_weight: Optional[float] = None, jit_compile="auto",
                      warmup_steps: int = 0, stop_after: Optional[int] = None) -> list:
@@ -71,11 +83,7 @@ def train_classifier(model, x, y, steps: int, batch_size: int = 32, lr: float = 
     epochs (`jit_compile=False`: no XLA compile, for a few steps in tests). `stop_after` trains only the first
     that many of the `steps` (same batches and schedule: the start of the long run, for probes). Returns the loss
     curve as Keras logs it: the running mean over the steps so far."""
-    n = len(x)
-    steps_per_epoch = int(np.ceil(n / batch_size))
-    epochs = int(np.ceil(steps / steps_per_epoch))
-    rng = np.random.default_rng(seed)
-    order = np.concatenate([rng.permutation(n) for _ in range(epochs)])[: min(steps, stop_after or steps) * batch_size]
+    order = batch_order(len(x), min(steps, stop_after or steps), batch_size, seed)
     xs, ys = x[order], y[order]
     sched = lr_schedule(lr, steps, warmup_steps)
     model.compile(optimizer=keras.optimizers.Adam(sched, clipnorm=1.0),

@@ -22,6 +22,8 @@ def test_warmup_ramps_linearly_then_follows_the_decay():
     assert ramp[0] < lr / 50                                      # the first Adam steps are small
     after = [100, 500, 999]
     assert np.allclose(_lr(sched, after), _lr(decay, after), rtol=1e-6)
+    again = T.LinearWarmup.from_config(sched.get_config())          # round-trips (an optimizer's config holds it)
+    assert np.allclose(_lr(again, [0, 99, 500]), _lr(sched, [0, 99, 500]))
 
 
 def test_no_warmup_is_exactly_the_old_schedule():
