@@ -120,20 +120,19 @@ def run_stages(K: dict, st, budget_s: float, seed: int = 0, dataset: str = "fort
     unknown = set(skip) - {name for name, _, _ in pieces}
     if unknown:
         raise SystemExit(f"--skip {sorted(unknown)}: no such piece; pieces are {[n for n, _, _ in pieces]}")
-    left = skipped = 0
+    skipped = not_started = 0      # once one piece is not started, none after it is (pieces build on earlier ones)
     for name, expected, fn in pieces:
         if st.json_path(name).exists():
             log(f"{name}: already in {st.folder}")
             continue
         if name in skip:
             log(f"{name}: skipped here (--skip); run it on another machine")
-            left += 1
             skipped += 1
             continue
         elapsed = time.perf_counter() - t_start
-        if left > skipped or elapsed + expected > budget_s:
+        if not_started or elapsed + expected > budget_s:
             log(f"{name}: not started (expected {expected:.0f} s; {budget_s - elapsed:.0f} s of the budget left)")
-            left += 1
+            not_started += 1
             continue
         log(f"{name}: running (expected about {expected:.0f} s)")
         t0 = time.perf_counter()
@@ -141,7 +140,7 @@ def run_stages(K: dict, st, budget_s: float, seed: int = 0, dataset: str = "fort
         log(f"{name}: done in {time.perf_counter() - t0:.1f} s")
     if st.json_path("ByteQRNN pre-trained").exists() and st.weights_path("pretrain").exists():
         st.weights_path("pretrain").unlink()   # the fine-tune has it; keeps the stage dir small (it travels)
-    return left
+    return skipped + not_started
 
 
 def _torch_device() -> str:
