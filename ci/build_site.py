@@ -214,7 +214,10 @@ def threshold_text(spec) -> tuple:
     if "max" in spec:
         parts.append(f"&le; {fmt_num(spec['max'])}")
         checks.append(lambda v, m=spec["max"]: v <= m)
-    return ", ".join(parts), (lambda v: all(c(v) for c in checks)) if checks else None
+    text = ", ".join(parts)
+    if spec.get("accept") is not None and spec.get("why"):   # a missed goal with its measured reason
+        text += f' <abbr title="{esc(spec["why"])}">(stated shortfall, accepted to {fmt_num(spec["accept"])})</abbr>'
+    return text, (lambda v: all(c(v) for c in checks)) if checks else None
 
 
 def machine_label(m) -> str:

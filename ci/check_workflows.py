@@ -58,7 +58,31 @@ def test_thresholds_catch_a_bad_value():
 def test_every_threshold_names_min_or_max():
     for folder, meta in metadata().items():
         for name, bound in (meta.get("thresholds") or {}).items():
-            assert set(bound) <= {"min", "max"} and bound, f"{folder}.{name}"
+            assert check_thresholds.spec_problems(name, bound) == [], f"{folder}.{name}"
+            assert set(bound) <= set(check_thresholds.SPEC_KEYS) and ("min" in bound or "max" in bound), f"{folder}.{name}"
+
+
+def test_a_stated_shortfall_is_reported_and_a_regression_past_it_fails():
+    th = {"ratio": {"min": 5.0, "accept": 2.5, "why": "measured reason"},
+          "gap": {"max": 0.03, "accept": 0.04, "why": "one seed"}}
+    assert check_thresholds.violations({"ratio": 6.0, "gap": 0.01}, th) == []
+    assert check_thresholds.shortfalls({"ratio": 6.0, "gap": 0.01}, th) == []
+    assert check_thresholds.violations({"ratio": 2.7, "gap": 0.035}, th) == []
+    notes = check_thresholds.shortfalls({"ratio": 2.7, "gap": 0.035}, th)
+    assert len(notes) == 2 and all("goal missed, stated" in n for n in notes)
+    bad = check_thresholds.violations({"ratio": 2.4, "gap": 0.05}, th)
+    assert len(bad) == 2 and all("past the accepted" in b for b in bad)
+
+
+def test_accept_needs_a_reason_and_must_lie_past_the_goal():
+    sp = check_thresholds.spec_problems
+    assert sp("r", {"min": 5, "accept": 2}) != []                     # no why
+    assert sp("r", {"min": 5, "why": "x"}) != []                      # no accept
+    assert sp("r", {"min": 5, "accept": 6, "why": "x"}) != []         # on the goal's side: meaningless
+    assert sp("r", {"min": 1, "max": 5, "accept": 0.5, "why": "x"}) != []
+    assert sp("r", {"max": 0.03, "accept": 0.04, "why": "x"}) == []
+    # a bad spec is a failure, never a silent pass
+    assert check_thresholds.violations({"r": 2.0}, {"r": {"min": 5, "accept": 2}}) != []
 
 
 def test_readme_tables_match_metadata():
