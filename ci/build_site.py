@@ -216,7 +216,7 @@ def threshold_text(spec) -> tuple:
         checks.append(lambda v, m=spec["max"]: v <= m)
     text = ", ".join(parts)
     if spec.get("accept") is not None and spec.get("why"):   # a missed goal with its measured reason
-        text += f' <abbr title="{esc(spec["why"])}">(stated shortfall, accepted to {fmt_num(spec["accept"])})</abbr>'
+        text += f' <abbr title="{esc(spec["why"])}">(reason stated)</abbr>'
     return text, (lambda v: all(c(v) for c in checks)) if checks else None
 
 
@@ -247,6 +247,10 @@ def reference_block(folder: str, ref: dict | None, meta_entry: dict, heading: st
         verdict = ""
         if check is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
             verdict = '<span class="lk-ok">meets</span>' if check(v) else '<span class="lk-bad">misses</span>'
+            spec = thresholds.get(k) or {}
+            if not check(v) and spec.get("why"):   # the missed goal's measured reason, readable without hovering
+                verdict += (f'<br><span class="lk-muted">stated shortfall (accepted to {fmt_num(spec.get("accept"))}):'
+                            f' {esc(spec["why"])}</span>')
         rows.append(f"<tr><td>{esc(k)}</td><td>{fmt_num(v)}</td><td>{text} {verdict}</td></tr>")
     m = ref.get("machine") or {}
     versions = m.get("versions") or {}

@@ -199,6 +199,9 @@ def test_reference_results_block_shows_machine_and_thresholds():
     assert "NVIDIA H100 80GB HBM3" in block and "torch 2.11" in block
     assert "0.93" in block and "meets" in block and "misses" in block
     assert build_site.reference_block("98_synthetic", None, {}) == ""
+    stated = build_site.reference_block("98_synthetic", ref, {"thresholds": {
+        "loss": {"max": 0.2, "accept": 0.6, "why": "one seed & <b>small</b> data"}}})
+    assert "misses" in stated and "stated shortfall (accepted to 0.6): one seed &amp; &lt;b&gt;small&lt;/b&gt; data" in stated
 
 
 def test_math_is_rendered_as_mathml_without_any_script(tmp_path, browser):
