@@ -2,18 +2,21 @@
 
 part "gptj_b1"    GPT-J-6B fp16, batch 1, 128-token prompt: Hugging Face eager, the runtime (compiled step + CUDA
                   graph), and the runtime with int8 weight-only GEMMs (ft_int8: "dequant" = dequantize inside a
-                  compiled one-row GEMM, "int8pack" = torch._weight_int8pack_mm); ms per generated token, the
+                  compiled one-row GEMM, "int8pack" = torch._weight_int8pack_mm, "triton" = ft_w8_kernel's W8A16
+                  kernel, its block sizes tuned per GEMM shape and checked against the float reference before
+                  timing); ms per generated token, the
                   weight bytes a step reads, and a kernel table per step (torch.profiler). int8 quality on the device: the notebook's trained tiny GPT-J
                   (fp16 against int8, 32 prompts) - random weights say nothing about quality.
 part "gptj_batch" GPT-J-6B fp16 at batch 16 and 64, 128 in / 128 out (one CUDA graph per batch bucket): generated
-                  tokens per second, end to end (context + decode) and decode only; HF eager at the largest batch.
+                  tokens per second, end to end (context + decode) and decode only, and a kernel table of one decode
+                  step at the largest batch; the int8 "triton" runtime at the largest batch; HF eager at the largest.
 part "t5"         T5-small (and optionally T5-base) fp16, batch 1, 8, 32, 128, greedy and beam 4: runtime against
                   HF generate, both forced to the full output length (no end token).
 
 GPT-J-6B and T5 use RANDOM weights at the real sizes: timing only (decode cost does not depend on the values).
 
-    python ft_batch_bench.py --parts gptj_b1 --out b1.json          # on the GPU machine, about 5 min
-    python ft_batch_bench.py --parts gptj_batch,t5 --out bt.json    # about 6 min
+    python ft_batch_bench.py --parts gptj_b1 --out b1.json          # on the GPU machine, about 6 min
+    python ft_batch_bench.py --parts gptj_batch,t5 --out bt.json    # about 5 min
     python ft_batch_bench.py --merge b1.json bt.json --out batch_bench.json
     python ft_batch_bench.py --tiny --out tiny.json                 # the same code at toy sizes on the CPU
 
@@ -47,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 
 import ft_bench  # noqa: E402
 import ft_int8  # noqa: E402
+import ft_w8_kernel  # noqa: E402
 import ft_roofline  # noqa: E402
 import ft_runtime_gptj  # noqa: E402
 import ft_runtime_t5  # noqa: E402
@@ -57,8 +61,8 @@ FOLDER = "01_triton_gptj_t5"
 PARTS = ("gptj_b1", "gptj_batch", "t5")
 # seconds a part takes at full size on one H200 (estimates from the compile times seen there: ~30 s per
 # compiled GPT-J step shape, ~45 s to build GPT-J-6B): a part that does not fit the budget left is not started
-EST_S = {"gptj_b1": 300, "gptj_batch": 200, "t5": 240}
-INT8_IMPLS = ("dequant", "int8pack")
+EST_S = {"gptj_b1": 360, "gptj_batch": 260, "t5": 240}
+INT8_IMPLS = ("dequant", "int8pack", "triton")
 
 
 def sizes(tiny: bool) -> dict:
@@ -83,6 +87,30 @@ def _free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def w8_prepare(rt, rows: int, log: Callable) -> Dict:
+    """Before timing an int8 "triton" runtime: on CUDA, tune the W8A16 kernel's blocks for each GEMM shape of the
+    decode step at `rows` rows (over every layer's weight); everywhere, compare what ft_w8_kernel.linear computes
+    (the kernel on CUDA, the fallback on a CPU) with the float reference on random inputs, raising on a mismatch."""
+    out = {"backend": ft_w8_kernel.backend(rt.device)}
+    for name, bias in (("w1", "b1"), ("w2", None)):
+        ws = [(layer[name].q, layer[name].scale) for layer in rt.layers]
+        if out["backend"] == "triton" and rt.device.type == "cuda":
+            out[f"tune_{name}"] = ft_w8_kernel.tune(ws, rows, log)
+        b = rt.layers[0][bias] if bias else None
+        out[f"check_{name}"] = ft_w8_kernel.verify(ft_w8_kernel.linear, *ws[0], b, rows, what=f"(GPT-J {name})")
+        log(f"  w8a16 {name} at {rows} rows matches the float reference:", out[f"check_{name}"])
+    return out
+
+
+def step_kernels(rt, batch: int, top: int = 12) -> list:
+    """ft_gpu_bench.kernel_breakdown (written for batch 1's graph) for the captured step of `batch` rows."""
+    import types
+
+    import ft_gpu_bench
+    view = types.SimpleNamespace(_graphs={1: rt._graphs[batch]}, _step_callable=rt._step_callable, max_len=rt.max_len)
+    return ft_gpu_bench.kernel_breakdown(view, top=top)
+
+
 def gptj_b1(big, cfg: dict, device: str, log: Callable) -> Dict:
     """HF eager, fp16 runtime and the int8 runtimes at batch 1 on the same model and prompt."""
     cuda = device.startswith("cuda")
@@ -104,6 +132,7 @@ def gptj_b1(big, cfg: dict, device: str, log: Callable) -> Dict:
             rt = ft_runtime_gptj.GPTJRuntime.from_hf(big, dtype=big.dtype, device=device, gemm_plan=ft_bench.H100_PLAN,
                                                      max_len=cfg["prompt"] + n, max_batch=1, cuda_graph=cuda, int8=int8)
             build = time.perf_counter() - t0
+            w8 = w8_prepare(rt, 1, log) if int8 == "triton" else None   # before compiling: the op reads TUNED then
             toks = rt.generate([prompt], n, stop_at_end=False)[0][0]   # compiles and captures here
             if cuda:
                 torch.cuda.synchronize()
@@ -113,6 +142,8 @@ def gptj_b1(big, cfg: dict, device: str, log: Callable) -> Dict:
             r.update(build_s=build, setup_s=time.perf_counter() - t0 - build, weight_gb=rt.weight_bytes() / 1e9,
                      speedup_vs_hf=ratio(bench["hf eager"]["ms_per_token"], r["ms_per_token"]),
                      weight_tb_per_s=ratio(rt.weight_bytes() / 1e12, r["ms_per_token"] * 1e-3))
+            if w8:
+                r["w8_kernel"] = w8
             if cuda:   # where a step's time goes: GPU time per kernel of one step, largest first
                 import ft_gpu_bench
                 r["kernels"] = ft_gpu_bench.kernel_breakdown(rt, top=10)
@@ -124,7 +155,7 @@ def gptj_b1(big, cfg: dict, device: str, log: Callable) -> Dict:
                 # trained model; reported, not the quality measure
                 r["token_agreement_vs_fp16_random_weights"] = ft_int8.token_agreement(toks[None], fp16_toks[None])
             bench[name] = r
-            log(name, {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items() if k != "kernels"})
+            log(name, {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items() if k not in ("kernels", "w8_kernel")})
             for row in r.get("kernels", []):
                 log(f"  {row[1]:8.3f} ms  x{row[2]:<5d} {row[0]}")
             del rt
@@ -144,36 +175,58 @@ def gptj_b1(big, cfg: dict, device: str, log: Callable) -> Dict:
 
 
 def gptj_batch(big, cfg: dict, device: str, log: Callable) -> Dict:
-    """Generated tokens per second at each batch (prompt cfg['prompt'], cfg['new'] new tokens); HF at the largest."""
+    """Generated tokens per second at each batch (prompt cfg['prompt'], cfg['new'] new tokens), a kernel table of
+    the largest batch's decode step (CUDA); the int8 "triton" runtime and HF at the largest batch."""
     cuda = device.startswith("cuda")
     n, s = cfg["new"], cfg["prompt"]
+    big_b = max(cfg["batches"])
     g = torch.Generator().manual_seed(2)
+    prompts = {b: torch.randint(0, 50000, (b, s), generator=g).tolist() for b in cfg["batches"]}
+
+    def timed(rt, b: int) -> dict:
+        t0 = time.perf_counter()
+        rt.generate(prompts[b], 2, stop_at_end=False)   # compile for this shape, capture this bucket's graph
+        setup = time.perf_counter() - t0
+        r = ft_bench.per_token(lambda k: rt.generate(prompts[b], k, stop_at_end=False), n, device, cfg["repeat"])
+        return {"batch": b, "setup_s": setup, "ms_per_step": r["ms_per_token"], "first_token_ms": r["first_token_ms"],
+                "total_ms": r["total_ms"], "tokens_per_s": b * n / (r["total_ms"] * 1e-3),
+                "decode_tokens_per_s": ratio(b, r["ms_per_token"] * 1e-3)}
+
     _free(device)
     rt = ft_runtime_gptj.GPTJRuntime.from_hf(big, dtype=big.dtype, device=device, gemm_plan=ft_bench.H100_PLAN,
-                                             max_len=s + n, max_batch=max(cfg["batches"]), cuda_graph=cuda)
-    rows = {}
+                                             max_len=s + n, max_batch=big_b, cuda_graph=cuda)
+    rows, out = {}, {}
     for b in cfg["batches"]:
-        prompts = torch.randint(0, 50000, (b, s), generator=g).tolist()
-        t0 = time.perf_counter()
-        rt.generate(prompts, 2, stop_at_end=False)   # compile for this shape, capture this bucket's graph
-        setup = time.perf_counter() - t0
-        r = ft_bench.per_token(lambda k: rt.generate(prompts, k, stop_at_end=False), n, device, cfg["repeat"])
-        rows[b] = {"batch": b, "setup_s": setup, "ms_per_step": r["ms_per_token"], "first_token_ms": r["first_token_ms"],
-                   "total_ms": r["total_ms"], "tokens_per_s": b * n / (r["total_ms"] * 1e-3),
-                   "decode_tokens_per_s": ratio(b, r["ms_per_token"] * 1e-3)}
+        rows[b] = timed(rt, b)
         log(f"runtime batch {b}", rows[b])
+    if cuda:   # where the largest batch's step goes: GPU time per kernel, largest first
+        out["kernels"] = step_kernels(rt, rt.run_batch(big_b))
+        for row in out["kernels"]:
+            log(f"  {row[1]:8.3f} ms  x{row[2]:<5d} {row[0]}")
     del rt
     _free(device)
-    b = max(cfg["batches"])
-    ids = torch.randint(0, 50000, (b, s), generator=g).to(device)
+    try:   # int8 weights, the Triton W8A16 kernel (fallback math on a CPU) at the largest batch
+        rt = ft_runtime_gptj.GPTJRuntime.from_hf(big, dtype=big.dtype, device=device, gemm_plan=ft_bench.H100_PLAN,
+                                                 max_len=s + n, max_batch=big_b, cuda_graph=cuda, int8="triton")
+        w8 = w8_prepare(rt, rt.run_batch(big_b), log)
+        out["int8_triton"] = dict(timed(rt, big_b), w8_kernel=w8)
+        if cuda:
+            out["int8_triton"]["kernels"] = step_kernels(rt, rt.run_batch(big_b))
+        log(f"runtime int8 triton batch {big_b}", {k: v for k, v in out["int8_triton"].items() if k not in ("kernels", "w8_kernel")})
+        del rt
+    except Exception:  # noqa: BLE001 - recorded; the fp16 rows and HF still count
+        out["int8_triton_error"] = traceback.format_exc()[-2000:]
+        log("runtime int8 triton FAILED:\n", out["int8_triton_error"])
+    _free(device)
+    ids = torch.tensor(prompts[big_b], device=device)
     hf = ft_bench.per_token(lambda k: big.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=k,
                                                    min_new_tokens=k, do_sample=False, pad_token_id=50256),
                             n, device, repeat=1, warmup=1)
-    hf_row = {"batch": b, "total_ms": hf["total_ms"], "tokens_per_s": b * n / (hf["total_ms"] * 1e-3),
+    hf_row = {"batch": big_b, "total_ms": hf["total_ms"], "tokens_per_s": big_b * n / (hf["total_ms"] * 1e-3),
               "ms_per_step": hf["ms_per_token"]}
-    log(f"hf eager batch {b}", hf_row)
+    log(f"hf eager batch {big_b}", hf_row)
     return {"runtime": list(rows.values()), "hf": hf_row, "new_tokens": n, "prompt_tokens": s,
-            "speedup_vs_hf": hf_row["total_ms"] / rows[b]["total_ms"]}
+            "speedup_vs_hf": hf_row["total_ms"] / rows[big_b]["total_ms"], **out}
 
 
 def t5_tables(archs, cfg: dict, device: str, dtype, log: Callable) -> Dict:
@@ -250,6 +303,8 @@ def metrics(res: dict) -> dict:
         m[f"gptj_batch{last['batch']}_tokens_per_s"] = last["tokens_per_s"]
         m[f"gptj_batch{last['batch']}_decode_tokens_per_s"] = last["decode_tokens_per_s"]
         m[f"gptj_batch{last['batch']}_speedup_vs_hf"] = bt["speedup_vs_hf"]
+        if bt.get("int8_triton"):
+            m[f"gptj_batch{last['batch']}_int8_tokens_per_s"] = bt["int8_triton"]["tokens_per_s"]
     t5 = res.get("t5")
     if t5:
         for arch, rows in t5.items():
@@ -309,6 +364,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--budget-s", type=float, default=510.0, help="do not start a part expected to end after this")
     ap.add_argument("--t5-archs", default="t5-small", help="comma-separated: t5-small, t5-base")
     ap.add_argument("--merge", nargs="+", help="merge these output files into --out instead of running")
+    ap.add_argument("--note", help="a note stored in the output (with --merge: what the merged runs are)")
     ap.add_argument("--stage", action="store_true",
                     help=f"relative --out / --merge paths are in labkit.stage_dir({FOLDER!r}, 'full'), where the notebook looks")
     a = ap.parse_args(argv)
@@ -340,6 +396,8 @@ def main(argv=None) -> dict:
         res.update(machine=machine(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                    total_s=time.perf_counter() - t0, tiny=a.tiny)
     res["metrics"] = metrics(res)
+    if a.note:
+        res["note"] = a.note
     labkit.paths.atomic_write_text(out_path, json.dumps(res, indent=1, default=str))
     print(f"wrote {out_path}")
     print(json.dumps(res["metrics"], indent=1))

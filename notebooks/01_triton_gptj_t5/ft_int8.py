@@ -22,6 +22,13 @@ is computed by one of:
   int8 weight once: half the bytes of fp16, which is what a bandwidth-bound decode step pays for.
 - "int8pack": torch._weight_int8pack_mm(x, q, scale) (ATen; on CUDA aten/src/ATen/native/cuda/int8mm.cu,
   a simple kernel that reads the weight once per batch row), timed beside "dequant" by ft_batch_bench.
+- "triton": a hand-written Triton W8A16 kernel (ft_w8_kernel) for 1..64 rows, the int8 weight dequantized in
+  registers, fp32 accumulation, scale and bias in the epilogue; a torch.library.triton_op, so it compiles
+  into the decode step and its CUDA graph. On a CPU (no Triton) and for more rows (a prompt) it computes
+  the "dequant" math.
+On an H200 (2026-12-01, GPT-J-6B batch 1) "dequant" ran at 4.93 ms/token, slower than fp16 (3.53): Inductor
+fused the gelu/cat producing the second GEMM's input into the reduction, and its reductions read the
+weight at about 0.7-1.8 TB/s. "int8pack" took 52.6 ms/token.
 """
 from __future__ import annotations
 
@@ -31,7 +38,9 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-IMPLS = ("dequant", "int8pack")
+import ft_w8_kernel
+
+IMPLS = ("dequant", "int8pack", "triton")
 
 
 @dataclass
@@ -83,6 +92,8 @@ def dequantize(w: Int8Weight) -> torch.Tensor:
 
 def linear(x: torch.Tensor, w: Int8Weight, b: Optional[torch.Tensor] = None) -> torch.Tensor:
     """y = x @ dequantize(w) (+ b), x [..., k] in fp16/bf16/fp32."""
+    if w.impl == "triton":   # bias in the kernel's epilogue
+        return ft_w8_kernel.linear(x, w.q, w.scale, b)
     if w.impl == "int8pack":
         y = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), w.q, w.scale.to(x.dtype))
         y = y.view(*x.shape[:-1], -1)

@@ -14,7 +14,7 @@ What makes it fast, FT style:
   whole cache with a validity mask so shapes never change), replayed each step; greedy argmax on the
   device and no host sync in the decode loop (tokens copied back once, at the end);
 - GEMM implementations chosen per GEMM from a gemm_config file (see ft_gemm);
-- optionally int8 weight-only GEMMs, FT's way (`int8="dequant"` or `"int8pack"`, see ft_int8): the four
+- optionally int8 weight-only GEMMs, FT's way (`int8="dequant"`, `"int8pack"` or `"triton"`, see ft_int8): the four
   GEMM weights of every layer int8 with one scale per output channel, activations in the compute dtype.
 Batches of prompts with different lengths are left-padded; positions count only real tokens; each row stops
 at its own end token. With CUDA graphs a batch is padded up to the next size in `batch_buckets` (rows
@@ -302,9 +302,11 @@ class GPTJRuntime:
         if self._step_fn is None:
             self._step_fn = self._step
             if self.compile:
-                # int8 on CUDA: Inductor's coordinate-descent mode decomposes one-row GEMMs into a reduction,
+                # int8 "dequant" on CUDA: Inductor's coordinate-descent mode decomposes one-row GEMMs into a reduction,
                 # which fuses the int8 load + dequantize + dot + scale into one kernel (see ft_int8)
-                opts = {"coordinate_descent_tuning": True} if self.int8 and self.device.type == "cuda" else None
+                # ("triton" brings its own GEMM kernel and needs no decomposition: compiled like the fp16 step)
+                cd = self.int8 in ("dequant", "int8pack") and self.device.type == "cuda"
+                opts = {"coordinate_descent_tuning": True} if cd else None
                 self._step_fn = torch.compile(self._step, fullgraph=True, dynamic=False, options=opts)
         return self._step_fn
 

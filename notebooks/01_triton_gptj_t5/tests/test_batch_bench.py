@@ -6,6 +6,7 @@ import torch
 
 import ft_batch_bench
 import ft_roofline
+import ft_w8_kernel
 import labkit
 
 
@@ -16,21 +17,29 @@ def test_tiny_run_and_merge(tmp_path, capsys):
     b1 = r1["gptj_b1"]
     assert not [k for k in b1["checks"] if "error" in k], b1["checks"]
     assert b1["checks"]["runtime: same greedy tokens as HF (first 8)"] is True
-    assert set(b1["bench"]) == {"hf eager", "runtime", "runtime int8 dequant", "runtime int8 int8pack"}
+    assert set(b1["bench"]) == {"hf eager", "runtime", "runtime int8 dequant", "runtime int8 int8pack", "runtime int8 triton"}
+    # the W8A16 path was checked against the float reference before timing (here: the CPU fallback's math)
+    w8 = b1["bench"]["runtime int8 triton"]["w8_kernel"]
+    assert w8["backend"] == ft_w8_kernel.backend("cpu") and w8["check_w1"]["max_err_over_tol"] <= 1.0
+    c1, c2 = w8["check_w1"], w8["check_w2"]   # the step's two merged GEMMs: d -> [qkv | ffn] = 7d, [attn | ffn] = 5d -> d
+    assert c1["rows"] == 1 and (c1["k"], c1["n"], c2["k"]) == (c2["n"], 7 * c2["n"], 5 * c2["n"])
     assert b1["bench"]["runtime int8 dequant"]["weight_gb"] < b1["bench"]["runtime"]["weight_gb"]
     assert b1["int8_quality"]["token_agreement"] >= 0.95 and b1["int8_quality"]["prompts"] == 2
     assert [r["batch"] for r in r1["gptj_batch"]["runtime"]] == [3] and r1["gptj_batch"]["hf"]["batch"] == 3
+    bt = r1["gptj_batch"]
+    assert "int8_triton_error" not in bt and bt["int8_triton"]["batch"] == 3 and bt["int8_triton"]["w8_kernel"]["check_w2"]["rows"] == 3
     assert [(r["batch"], r["beam"]) for r in r2["t5"]["t5-tiny"]] == [(1, 1), (1, 4), (3, 1), (3, 4)]
     out = tmp_path / "merged.json"
-    merged = ft_batch_bench.main(["--merge", str(a), str(b), "--out", str(out)])
+    merged = ft_batch_bench.main(["--merge", str(a), str(b), "--out", str(out), "--note", "two toy runs"])
     m = json.loads(out.read_text())["metrics"]
     assert m == merged["metrics"]
     for key in ("gptj_ms_per_token", "gptj_int8_ms_per_token", "gptj_int8_token_agreement", "gptj_batch3_tokens_per_s",
+                "gptj_batch3_int8_tokens_per_s",
                 "t5_tiny_batch_speedup_vs_hf", "t5_tiny_batch_speedup_vs_hf_beam4"):
         assert key in m, key
     assert m["gptj_batch3_tokens_per_s"] > 0 and len(merged["runs"]) == 2
     assert r1["copy_tb_per_s"] > 0 and merged["copy_tb_per_s"] == r1["copy_tb_per_s"] == m["copy_tb_per_s"]
-    assert merged["parts_left"] == [] and merged["tiny"] is True
+    assert merged["parts_left"] == [] and merged["tiny"] is True and json.loads(out.read_text())["note"] == "two toy runs"
     with pytest.raises(ValueError, match="--tiny"):   # the notebook does not take a toy run for a measurement
         ft_roofline.load_stage(out)
 

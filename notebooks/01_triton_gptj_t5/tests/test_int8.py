@@ -68,6 +68,9 @@ def test_int8_decode_paths_agree(gptj_model, rts):
     ref = q.generate(PROMPTS, 6, stop_at_end=False)[0]
     other = rg.GPTJRuntime.from_hf(gptj_model, max_len=64, int8="int8pack")
     assert torch.equal(other.generate(PROMPTS, 6, stop_at_end=False)[0], ref)
+    # "triton": on this CPU the fallback (the kernel itself: test_w8_kernel, and the benchmark's check on a GPU)
+    tri = rg.GPTJRuntime.from_hf(gptj_model, max_len=64, int8="triton")
+    assert torch.equal(tri.generate(PROMPTS, 6, stop_at_end=False)[0], ref)
     other.set_decode(fused_step=False)
     assert torch.equal(other.generate(PROMPTS, 6, stop_at_end=False)[0], ref)
     torch._dynamo.reset()
@@ -144,3 +147,15 @@ def test_runtime_compiles_int8_with_that_option(rts, monkeypatch):
         monkeypatch.undo()
         q.set_decode()
     assert seen["options"] == {"coordinate_descent_tuning": True} and seen["fullgraph"] is True
+    # the Triton W8A16 kernel needs no decomposition of the one-row GEMM: compiled like the fp16 step
+    seen.clear()
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.update(kw) or fn)
+    monkeypatch.setattr(q, "int8", "triton")
+    q.set_decode(compile=True)
+    monkeypatch.setattr(q, "device", torch.device("cuda"))
+    try:
+        q._step_callable()
+    finally:
+        monkeypatch.undo()
+        q.set_decode()
+    assert seen["options"] is None and seen["fullgraph"] is True
