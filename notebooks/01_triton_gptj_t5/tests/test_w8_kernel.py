@@ -97,6 +97,15 @@ qt = ft_int8.Int8Weight(q.q, q.scale, "triton")
 worst = max(worst, w8.max_violation(ft_int8.linear(x, qt, b), x, q.q, q.scale, b)[0])
 view = qt.cols(0, 130)
 worst = max(worst, w8.max_violation(ft_int8.linear(x[:, :130], view), x[:, :130], view.q, view.scale)[0])
+# tune: a config that does not compile (BLOCK_N = 3: not a power of 2) is recorded and skipped, the fastest
+# (by the given timer) is kept and then used by the op
+x, q, b = case(1, 37, 200, 11)
+times = iter([3.0, 1.0, 2.0])
+cfgs = [w8.Config(1, 8, 64, 1), w8.Config(1, 16, 32, 3), w8.Config(1, 3, 64, 1), w8.Config(1, 8, 32, 2)]
+res = w8.tune([(q.q, q.scale)] * 2, 1, log=lambda *a: None, configs=cfgs, timer=lambda fn: (fn(), next(times))[1])
+assert "error" in res["all"][2] and res["best"]["ms"] == 0.5, res
+assert w8.config_for(1, 37, 200, "cpu") == cfgs[1]
+worst = max(worst, w8.max_violation(w8.linear(x, q.q, q.scale, b), x, q.q, q.scale, b)[0])
 print("WORST", worst)
 """
 
