@@ -249,15 +249,21 @@ class MaskedCE(keras.losses.Loss):
         return keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
 
 
-def train_seq2seq(model, src, dec_in, tgt, steps: int, batch_size: int = 64, lr: float = 2e-3, seed: int = 0):
+def train_seq2seq(model, src, dec_in, tgt, steps: int, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
+                  warmup_steps: int = 0, stop_after: int = None):
+    """Adam (clipnorm 1.0), masked cross-entropy, the learning rate of bq_train.lr_schedule (linear decay to lr/20
+    over `steps`, after a linear warmup over `warmup_steps`: without one the decoder fell to a unigram-like
+    predictor at full size, results/seq2seq_recipe_probe.json). `stop_after` trains only the first that many of
+    the `steps` (same batches and schedule: for probes). Returns Keras' running-mean loss per step."""
+    from bq_train import lr_schedule
     rng = np.random.default_rng(seed)
     n = len(src)
     order = np.concatenate([rng.permutation(n) for _ in range(int(np.ceil(steps * batch_size / n)))])
-    order = order[: steps * batch_size]
+    order = order[: min(steps, stop_after or steps) * batch_size]
     w = (tgt != PAD_ID).astype(np.float32)
-    sched = keras.optimizers.schedules.PolynomialDecay(lr, decay_steps=steps, end_learning_rate=lr * 0.05)
-    model.compile(optimizer=keras.optimizers.Adam(sched, clipnorm=1.0), loss=MaskedCE())
-    cb = ProgressCallback(steps, "seq2seq train")
+    model.compile(optimizer=keras.optimizers.Adam(lr_schedule(lr, steps, warmup_steps), clipnorm=1.0),
+                  loss=MaskedCE())
+    cb = ProgressCallback(len(order) // batch_size + (len(order) % batch_size > 0), "seq2seq train")
     model.fit((src[order], dec_in[order]), tgt[order], sample_weight=w[order], batch_size=batch_size,
               epochs=1, shuffle=False, verbose=0, callbacks=[cb])
     return cb.losses

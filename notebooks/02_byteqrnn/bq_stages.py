@@ -42,6 +42,7 @@ def knobs(profile: str) -> dict:
                     dict(max_tokens=128, epochs=3, batch_size=32, lr=5e-5, max_train=None)),
         latency_n=pick(24, 200),
         s2s_steps=pick(300, 4000),
+        s2s_warmup=pick(30, 400),
         s2s_len=pick(32, 64),
         s2s_dim=pick(64, 128),
         s2s_layers=pick(1, 3),
@@ -235,9 +236,9 @@ def finetune_piece(st: Stages, cfg, K: dict, data, seed: int, pretrainer=None):
                                   settings_extra={"pretrain": pre_settings})
 
 
-def seq2seq_piece(st: Stages, K: dict, seed: int):
-    """Train the corrupted-text restoration model, then beam search (float vs uint8 scores) on held-out pairs.
-    Returns (model, record, held-out pairs)."""
+def seq2seq_data(K: dict, seed: int):
+    """The seq2seq piece's pairs and model config: (train (src, dec_in, tgt), held-out (src, dec_in, tgt), cfg).
+    The held-out pairs are the beam-search inputs (the first K["beam_inputs"] of them)."""
     import keras
     import bq_data
     import bq_seq2seq as S2
@@ -252,8 +253,23 @@ def seq2seq_piece(st: Stages, K: dict, seed: int):
                            heads=K["heads"], encoder=base_config(K).with_(
                                layers=max(1, K["qrnn_layers"] - 1), num_classes=0,
                                pooling="scan" if keras.backend.backend() == "jax" else "loop"))
-    settings = _settings(cfg=cfg, steps=K["s2s_steps"], batch=K["batch"], lr=2 * K["lr"], seed=seed,
-                         beam_inputs=K["beam_inputs"], n_pairs=len(src))
+    return (src, dec_in, tgt), (vsrc, vdec, vtgt), cfg
+
+
+def seq2seq_settings(cfg, K: dict, seed: int, n_pairs: int) -> dict:
+    """What a stored seq2seq piece must match to be loaded; naming the warmup makes pieces trained without one
+    (they did not learn at full size: results/seq2seq_recipe_probe.json) train again."""
+    return _settings(cfg=cfg, steps=K["s2s_steps"], batch=K["batch"], lr=2 * K["lr"], warmup=K["s2s_warmup"],
+                     seed=seed, beam_inputs=K["beam_inputs"], n_pairs=n_pairs)
+
+
+def seq2seq_piece(st: Stages, K: dict, seed: int):
+    """Train the corrupted-text restoration model, then beam search (float vs uint8 scores) on held-out pairs.
+    Returns (model, record, held-out pairs)."""
+    import keras
+    import bq_seq2seq as S2
+    (src, dec_in, tgt), (vsrc, vdec, vtgt), cfg = seq2seq_data(K, seed)
+    settings = seq2seq_settings(cfg, K, seed, len(src))
     keras.utils.set_random_seed(seed)
     model = S2.build_seq2seq(cfg)
     rec = st.load("seq2seq", settings)
@@ -261,7 +277,8 @@ def seq2seq_piece(st: Stages, K: dict, seed: int):
         model.load_weights(str(st.weights_path("seq2seq")))
         st.log(f"[stages] seq2seq: loaded ({rec['machine']})")
         return model, rec, (vsrc, vdec, vtgt)
-    losses = S2.train_seq2seq(model, src, dec_in, tgt, K["s2s_steps"], K["batch"], lr=2 * K["lr"], seed=seed)
+    losses = S2.train_seq2seq(model, src, dec_in, tgt, K["s2s_steps"], K["batch"], lr=2 * K["lr"], seed=seed,
+                              warmup_steps=K["s2s_warmup"])
     cal = keras.ops.convert_to_numpy(model((vsrc[:128], vdec[:128]), training=False))
     q8 = S2.UInt8Quant.calibrate(cal)
     step_fn = S2.make_step_fn(model)
