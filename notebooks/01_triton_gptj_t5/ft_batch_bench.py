@@ -111,7 +111,7 @@ def step_kernels(rt, batch: int, top: int = 12) -> list:
     return ft_gpu_bench.kernel_breakdown(view, top=top)
 
 
-def gptj_b1(big, cfg: dict, device: str, log: Callable) -> Dict:
+def gptj_b1(big, cfg: dict, device: str, log: Callable, int8_impls=INT8_IMPLS) -> Dict:
     """HF eager, fp16 runtime and the int8 runtimes at batch 1 on the same model and prompt."""
     cuda = device.startswith("cuda")
     n = cfg["b1_new"]   # 64 at full size, as ft_gpu_bench
@@ -126,7 +126,7 @@ def gptj_b1(big, cfg: dict, device: str, log: Callable) -> Dict:
                             min_new_tokens=8, do_sample=False, pad_token_id=50256)[0, len(prompt):].tolist()
     fp16_toks = None
     _free(device)
-    for name, int8 in [("runtime", None)] + [(f"runtime int8 {i}", i) for i in INT8_IMPLS]:
+    for name, int8 in [("runtime", None)] + [(f"runtime int8 {i}", i) for i in int8_impls]:
         try:
             t0 = time.perf_counter()
             rt = ft_runtime_gptj.GPTJRuntime.from_hf(big, dtype=big.dtype, device=device, gemm_plan=ft_bench.H100_PLAN,
@@ -324,7 +324,7 @@ def machine() -> dict:
     return info
 
 
-def run(parts, tiny: bool, budget_s: float, t5_archs, log: Callable = print) -> dict:
+def run(parts, tiny: bool, budget_s: float, t5_archs, log: Callable = print, int8_impls=INT8_IMPLS) -> dict:
     cfg = sizes(tiny)
     device, dtype = ("cpu", torch.float32) if tiny else ("cuda", torch.float16)
     res, left, t_start = {}, [], time.perf_counter()
@@ -344,7 +344,7 @@ def run(parts, tiny: bool, budget_s: float, t5_archs, log: Callable = print) -> 
             big = ft_bench.random_gptj("tiny" if tiny else "gptj-6b", dtype, device)
             log(f"GPT-J random weights ({ft_bench.weight_bytes(big) / 1e9:.2f} GB) built in {time.perf_counter() - t0:.0f} s")
         if part == "gptj_b1":
-            res[part] = gptj_b1(big, cfg, device, log)
+            res[part] = gptj_b1(big, cfg, device, log, int8_impls)
         elif part == "gptj_batch":
             res[part] = gptj_batch(big, cfg, device, log)
         elif part == "t5":
@@ -363,6 +363,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--tiny", action="store_true", help="toy sizes on the CPU (fp32): the code path, not a measurement")
     ap.add_argument("--budget-s", type=float, default=510.0, help="do not start a part expected to end after this")
     ap.add_argument("--t5-archs", default="t5-small", help="comma-separated: t5-small, t5-base")
+    ap.add_argument("--int8", default=",".join(INT8_IMPLS),
+                    help=f"int8 impls gptj_b1 times, comma-separated, of {INT8_IMPLS} (int8pack: ~50 ms/token on an H200)")
     ap.add_argument("--merge", nargs="+", help="merge these output files into --out instead of running")
     ap.add_argument("--note", help="a note stored in the output (with --merge: what the merged runs are)")
     ap.add_argument("--stage", action="store_true",
@@ -391,8 +393,11 @@ def main(argv=None) -> dict:
         if not a.tiny and not torch.cuda.is_available():
             ap.error("no CUDA device: the measurement needs a GPU (use --tiny for the CPU code path)")
         t0 = time.perf_counter()
+        impls = tuple(x.strip() for x in a.int8.split(",") if x.strip())
+        if not impls or set(impls) - set(INT8_IMPLS):
+            ap.error(f"--int8 {a.int8!r}: name one or more of {list(INT8_IMPLS)}")
         res = run(parts, a.tiny, a.budget_s, [x.strip() for x in a.t5_archs.split(",")],
-                  log=lambda *x: print(*x, flush=True))
+                  log=lambda *x: print(*x, flush=True), int8_impls=impls)
         res.update(machine=machine(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                    total_s=time.perf_counter() - t0, tiny=a.tiny)
     res["metrics"] = metrics(res)

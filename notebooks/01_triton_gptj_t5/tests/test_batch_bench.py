@@ -67,5 +67,8 @@ def test_bad_arguments(capsys):
             ft_batch_bench.main(["--parts", "t5"])
         assert "no CUDA device" in capsys.readouterr().err
     with pytest.raises(SystemExit):
+        ft_batch_bench.main(["--tiny", "--parts", "gptj_b1", "--int8", "dequant,fp8"])
+    assert "--int8 'dequant,fp8': name one or more of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         ft_batch_bench.main(["--tiny", "--stage"])
     assert "a --tiny run is not one" in capsys.readouterr().err
