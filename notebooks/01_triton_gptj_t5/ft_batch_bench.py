@@ -9,7 +9,9 @@ part "gptj_b1"    GPT-J-6B fp16, batch 1, 128-token prompt: Hugging Face eager, 
                   (fp16 against int8, 32 prompts) - random weights say nothing about quality.
 part "gptj_batch" GPT-J-6B fp16 at batch 16 and 64, 128 in / 128 out (one CUDA graph per batch bucket): generated
                   tokens per second, end to end (context + decode) and decode only, and a kernel table of one decode
-                  step at the largest batch; the int8 "triton" runtime at the largest batch; HF eager at the largest.
+                  step at the largest batch; the step's two merged GEMMs alone in cuBLAS at batch 1 and each batch,
+                  both weight layouts (gemm_probe); the int8 "triton" runtime at the largest batch; HF eager at the
+                  largest.
 part "t5"         T5-small (and optionally T5-base) fp16, batch 1, 8, 32, 128, greedy and beam 4: runtime against
                   HF generate, both forced to the full output length (no end token).
 
@@ -174,6 +176,33 @@ def gptj_b1(big, cfg: dict, device: str, log: Callable, int8_impls=INT8_IMPLS) -
     return out
 
 
+def gemm_probe(config, rows, device: str = "cuda", copies: int = 4, timer: Callable = ft_w8_kernel.graph_ms) -> list:
+    """cuBLAS fp16 time of the decode step's two merged GEMMs (d -> 3d + inner, d + inner -> d) alone, at each row
+    count, for both weight layouts: "kn" [k, n] (torch.addmm(b, x, w): what ft_bench.H100_PLAN runs) and "nk"
+    [n, k] (F.linear). Weight bytes / time against the copy bandwidth says whether a GEMM runs at the memory bound
+    at that batch. `copies` weights of each shape, called in turn in one CUDA graph (`timer`), so they come from HBM."""
+    d = config.n_embd
+    inner = config.n_inner or 4 * d
+    out = []
+    for name, (k, n) in (("w1", (d, 3 * d + inner)), ("w2", (d + inner, d))):
+        ws = [torch.randn(k, n, device=device, dtype=torch.float16) for _ in range(copies)]
+        bias = torch.randn(n, device=device, dtype=torch.float16)
+        for layout in ("kn", "nk"):
+            wl = ws if layout == "kn" else [w.t().contiguous() for w in ws]
+            for m in rows:
+                x = torch.randn(m, k, device=device, dtype=torch.float16)
+                if layout == "kn":
+                    fn = lambda x=x, wl=wl: [torch.addmm(bias, x, w) for w in wl]
+                else:
+                    fn = lambda x=x, wl=wl: [torch.nn.functional.linear(x, w, bias) for w in wl]
+                ms = timer(fn) / copies
+                out.append({"gemm": name, "k": k, "n": n, "layout": layout, "rows": m, "ms": ms,
+                            "weight_tb_per_s": k * n * 2 / (ms * 1e-3) / 1e12})
+            del wl
+        del ws
+    return out
+
+
 def gptj_batch(big, cfg: dict, device: str, log: Callable) -> Dict:
     """Generated tokens per second at each batch (prompt cfg['prompt'], cfg['new'] new tokens), a kernel table of
     the largest batch's decode step (CUDA); the int8 "triton" runtime and HF at the largest batch."""
@@ -205,6 +234,12 @@ def gptj_batch(big, cfg: dict, device: str, log: Callable) -> Dict:
             log(f"  {row[1]:8.3f} ms  x{row[2]:<5d} {row[0]}")
     del rt
     _free(device)
+    if cuda:   # do the GEMMs alone run at the memory bound at these batches, in either weight layout?
+        out["gemm_probe"] = gemm_probe(big.config, sorted({1, *cfg["batches"]}), device)
+        for r in out["gemm_probe"]:
+            log(f"  cuBLAS fp16 {r['gemm']} {r['layout']} rows {r['rows']:3d}: {r['ms'] * 1e3:7.1f} us, "
+                f"{r['weight_tb_per_s']:.2f} TB/s of weights")
+        _free(device)
     try:   # int8 weights, the Triton W8A16 kernel (fallback math on a CPU) at the largest batch
         rt = ft_runtime_gptj.GPTJRuntime.from_hf(big, dtype=big.dtype, device=device, gemm_plan=ft_bench.H100_PLAN,
                                                  max_len=s + n, max_batch=big_b, cuda_graph=cuda, int8="triton")

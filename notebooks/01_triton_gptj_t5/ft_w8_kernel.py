@@ -276,7 +276,7 @@ def candidates(m: int, n: int, k: int, device: str = "cuda") -> List[Config]:
     return list(dict.fromkeys(out))
 
 
-def _graph_ms(fn: Callable, reps: int = 10) -> float:
+def graph_ms(fn: Callable, reps: int = 10) -> float:
     """Median ms of one replay of a CUDA graph of fn() (no Python launch cost between the kernels)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -299,7 +299,7 @@ def _graph_ms(fn: Callable, reps: int = 10) -> float:
 
 
 def tune(weights: Sequence[Tuple[torch.Tensor, torch.Tensor]], rows: int, log: Callable = print,
-         configs: Optional[Iterable[Config]] = None, timer: Callable[[Callable], float] = _graph_ms) -> dict:
+         configs: Optional[Iterable[Config]] = None, timer: Callable[[Callable], float] = graph_ms) -> dict:
     """Time the candidate configs of one GEMM shape at `rows` rows over `weights` (a list of (q, scale) of that
     shape, e.g. one per layer: one CUDA graph calls each once, so the weights come from HBM, not from L2, as in
     a decode step), check each against the float reference, and keep the fastest in TUNED. `timer(fn)`: ms of

@@ -72,3 +72,15 @@ def test_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         ft_batch_bench.main(["--tiny", "--stage"])
     assert "a --tiny run is not one" in capsys.readouterr().err
+
+
+def test_gemm_probe_shapes(gptj_model):
+    """The probe times GPT-J's two merged decode GEMMs (d -> 3d + inner, d + inner -> d) per layout and row count
+    (on a GPU with a CUDA graph; here a stand-in timer that runs the calls and says 2 ms for the 4 of them)."""
+    calls = []
+    rows = ft_batch_bench.gemm_probe(gptj_model.config, [1, 3], "cpu", timer=lambda fn: (calls.append(fn()), 2.0)[1])
+    assert [(r["gemm"], r["layout"], r["rows"]) for r in rows] == [
+        (g, lay, m) for g in ("w1", "w2") for lay in ("kn", "nk") for m in (1, 3)]
+    assert {(r["k"], r["n"]) for r in rows} == {(64, 3 * 64 + 256), (64 + 256, 64)}
+    assert all(len(c) == 4 and c[0].shape in ((1, 448), (3, 448), (1, 64), (3, 64)) for c in calls)
+    assert rows[0]["ms"] == 0.5 and rows[0]["weight_tb_per_s"] == 64 * 448 * 2 / 0.5e-3 / 1e12
