@@ -4,9 +4,9 @@ part "gptj_b1"    GPT-J-6B fp16, batch 1, 128-token prompt: Hugging Face eager, 
                   graph), and the runtime with int8 weight-only GEMMs (ft_int8: "dequant" = dequantize inside a
                   compiled one-row GEMM, "int8pack" = torch._weight_int8pack_mm, "triton" = ft_w8_kernel's W8A16
                   kernel, its block sizes tuned per GEMM shape and checked against the float reference before
-                  timing); ms per generated token, the
-                  weight bytes a step reads, and a kernel table per step (torch.profiler). int8 quality on the device: the notebook's trained tiny GPT-J
-                  (fp16 against int8, 32 prompts) - random weights say nothing about quality.
+                  timing; --int8 picks which); ms per generated token, the weight bytes a step reads, and a kernel
+                  table per step (torch.profiler). int8 quality on the device: the notebook's trained tiny GPT-J
+                  (fp16 against int8, 32 prompts, the fastest impl) - random weights say nothing about quality.
 part "gptj_batch" GPT-J-6B fp16 at batch 16 and 64, 128 in / 128 out (one CUDA graph per batch bucket): generated
                   tokens per second, end to end (context + decode) and decode only, and a kernel table of one decode
                   step at the largest batch; the step's two merged GEMMs alone in cuBLAS at batch 1 and each batch,
@@ -18,7 +18,8 @@ part "t5"         T5-small (and optionally T5-base) fp16, batch 1, 8, 32, 128, g
 GPT-J-6B and T5 use RANDOM weights at the real sizes: timing only (decode cost does not depend on the values).
 
     python ft_batch_bench.py --parts gptj_b1 --out b1.json          # on the GPU machine, about 6 min
-    python ft_batch_bench.py --parts gptj_batch,t5 --out bt.json    # about 5 min
+    python ft_batch_bench.py --parts gptj_b1 --int8 dequant,triton  # about 4.5 min (int8pack: ~50 ms/token)
+    python ft_batch_bench.py --parts gptj_batch,t5 --out bt.json    # about 4 min
     python ft_batch_bench.py --merge b1.json bt.json --out batch_bench.json
     python ft_batch_bench.py --tiny --out tiny.json                 # the same code at toy sizes on the CPU
 
