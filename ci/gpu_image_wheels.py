@@ -13,11 +13,11 @@ installs them into a temporary folder and points PYTHONPATH there; then `python3
 Topic 01 (Triton) needs more, about 100 MB, so it is a flavour of its own, split into folders of at most
 --max-mib each (one device command carries at most 64 MiB): `--only triton01` writes .whl_01a/ (the
 nvidia-pytriton wheel: tritonserver and the python-backend stubs) and .whl_01b/ (tritonclient[grpc,http] with
-its dependencies, and numpy 1.26.4 for the python backend). On the machine, after gpu_image_env.sh,
-`source ci/gpu_triton_env.sh .whl_01a .whl_01b` calls `--install-triton` here: it installs what the image
-lacks, makes the python backend's venv (the image's python3 with numpy 1.26.4 in front of the image's
-packages: the backend bundled with nvidia-pytriton breaks with numpy 2) and prints the exports
-(PYTHONPATH, TRITON_PYTHON_BIN).
+its dependencies, sentencepiece for the notebook's T5, and numpy 1.26.4 for the python backend). On the
+machine, after gpu_image_env.sh, `source ci/gpu_triton_env.sh .whl_01a .whl_01b` calls `--install-triton`
+here: it installs what the image lacks, makes the python backend's venv (the image's python3 with numpy 1.26.4
+in front of the image's packages: the backend bundled with nvidia-pytriton breaks with numpy 2) and prints the
+exports (PYTHONPATH, TRITON_PYTHON_BIN).
 """
 from __future__ import annotations
 
@@ -50,9 +50,10 @@ GROUPS = {
 # Topic 01: nvidia-pytriton for its tritonserver binary and python-backend stubs only (ft_triton_repo finds the
 # package without importing it, so its Python API's own dependencies - sh, typer, wrapt, ... - are not carried);
 # tritonclient[grpc,http] and everything its Requires-Dist reaches on Python 3.12 (a test checks this list
-# against the installed metadata); numpy, the lock's 1.26.4, goes into the python backend's venv only.
-TRITON01 = ["nvidia-pytriton", "numpy", "tritonclient", "grpcio", "protobuf", "packaging", "python-rapidjson",
-            "ml-dtypes", "urllib3", "aiohttp", "aiohappyeyeballs", "aiosignal", "attrs", "frozenlist", "multidict",
+# against the installed metadata); numpy, the lock's 1.26.4, goes into the python backend's venv only;
+# sentencepiece (no dependencies): the notebook's T5 tokenizer, which the image lacks too.
+TRITON01 = ["nvidia-pytriton", "numpy", "sentencepiece", "tritonclient", "grpcio", "protobuf", "packaging",
+            "python-rapidjson", "ml-dtypes", "urllib3", "aiohttp", "aiohappyeyeballs", "aiosignal", "attrs", "frozenlist", "multidict",
             "propcache", "yarl", "idna", "typing_extensions", "geventhttpclient", "gevent", "greenlet", "zope.event",
             "zope.interface", "brotli", "certifi"]
 FLAVOURS = {**GROUPS, "triton01": TRITON01}
