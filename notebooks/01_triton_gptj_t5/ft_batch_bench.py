@@ -328,6 +328,13 @@ def metrics(res: dict) -> dict:
             m["gptj_int8_impl"] = best.split()[-1]
             if "runtime" in bench:
                 m["gptj_int8_speedup_vs_fp16"] = ratio(bench["runtime"]["ms_per_token"], bench[best]["ms_per_token"])
+        w8 = bench.get("runtime int8 triton", {}).get("w8_kernel", {})
+        if w8.get("tune_w1") and w8.get("tune_w2"):   # the W8A16 kernel alone, one row, both GEMMs of a layer
+            tuned = [w8[f"tune_{g}"]["best"] for g in ("w1", "w2")]   # bytes / time over both
+            tb = sum(r["weight_gb_per_s"] * r["ms"] for r in tuned) / sum(r["ms"] for r in tuned) / 1e3
+            m["gptj_int8_triton_gemv_tb_per_s"] = tb
+            if res.get("copy_tb_per_s"):
+                m["gptj_int8_triton_gemv_fraction_of_copy"] = tb / res["copy_tb_per_s"]
         q = b1.get("int8_quality")
         if q:
             m["gptj_int8_token_agreement"] = q["token_agreement"]

@@ -84,3 +84,13 @@ def test_gemm_probe_shapes(gptj_model):
     assert {(r["k"], r["n"]) for r in rows} == {(64, 3 * 64 + 256), (64 + 256, 64)}
     assert all(len(c) == 4 and c[0].shape in ((1, 448), (3, 448), (1, 64), (3, 64)) for c in calls)
     assert rows[0]["ms"] == 0.5 and rows[0]["weight_tb_per_s"] == 64 * 448 * 2 / 0.5e-3 / 1e12
+
+
+def test_triton_gemv_metric_is_bytes_over_time():
+    """Two GEMMs, 100 GB/s for 1 ms and 400 GB/s for 2 ms: 0.9 GB in 3 ms = 0.3 TB/s, 0.1 of a 3 TB/s copy."""
+    tune = lambda gbs, ms: {"best": {"weight_gb_per_s": gbs, "ms": ms}}
+    b1 = {"bench": {"runtime int8 triton": {"w8_kernel": {"tune_w1": tune(100.0, 1.0), "tune_w2": tune(400.0, 2.0)}}}}
+    m = ft_batch_bench.metrics({"gptj_b1": b1, "copy_tb_per_s": 3.0})
+    assert m["gptj_int8_triton_gemv_tb_per_s"] == pytest.approx(0.3)
+    assert m["gptj_int8_triton_gemv_fraction_of_copy"] == pytest.approx(0.1)
+    assert "gptj_int8_triton_gemv_tb_per_s" not in ft_batch_bench.metrics({"gptj_b1": {"bench": {}}})
