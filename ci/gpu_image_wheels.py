@@ -223,28 +223,36 @@ def install_triton(folders: list, site: Path, venv: Path) -> dict:
     empty = [str(f) for f in present if not any(f.glob("*.whl"))]
     if empty:
         raise SystemExit(f"no wheels in {', '.join(empty)} (made by: python3 ci/gpu_image_wheels.py --only triton01)")
+    try:
+        return _install(wheels, site, venv, absent)
+    except SystemExit as e:
+        if absent:
+            raise SystemExit(f"{e} ({', '.join(absent)} not carried and not installed by an earlier command)")
+        raise
+
+
+def _install(wheels: list, site: Path, venv: Path, absent: list) -> dict:
     p = plan(wheels, installed([*sys.path, site]))
     if p["site"]:
         _pip_target(sys.executable, site, p["site"])
-    image_sites = [s for s in dict.fromkeys(sys.path) if s.endswith(("site-packages", "dist-packages")) and Path(s).is_dir()]
+    image_sites = [s for s in dict.fromkeys(sys.path)
+                   if s.endswith(("site-packages", "dist-packages")) and Path(s).is_dir()]
     py = make_venv(venv, image_sites)
     vsite = _venv_site(venv)
-    have_venv = installed([vsite])
-    todo = [w for w in p["venv"] if dist_name(w) not in have_venv]
+    todo = [w for w in p["venv"] if dist_name(w) not in installed([vsite])]
     if todo:
         _pip_target(sys.executable, vsite, todo)
+    backend = check_backend(py)
     # what the notebook's side needs, from the image plus our site (in a child: this process imported nothing)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    rc, msg = _run_check(sys.executable, "import importlib.util, tritonclient.grpc, tritonclient.http, pathlib; "
+    rc, msg = _run_check(sys.executable, "import importlib.util, tritonclient.grpc, tritonclient.http; "
                          "s = importlib.util.find_spec('pytriton'); assert s, 'nvidia-pytriton is not installed'; "
                          "print(list(s.submodule_search_locations)[0])", env)
     if rc:
-        hint = f" ({', '.join(absent)} not carried and not installed by an earlier command)" if absent else ""
-        raise SystemExit(f"topic 01's client side is not complete{hint}: {msg}")
+        raise SystemExit(f"topic 01's client side is not complete: {msg}")
     missing_libs = stub_libraries(Path(msg))
     if missing_libs:
         raise SystemExit(f"the python-backend stub cannot load: {', '.join(missing_libs)} not found")
-    backend = check_backend(py)
     return {"site": site, "python_bin": py.parent, "installed": [Path(w).name for w in p["site"] + todo],
             "kept_from_image": p["have"], "absent": absent, "backend": backend}
 
