@@ -151,8 +151,28 @@ def _pip_target(python: str, target: Path, wheels: list) -> None:
                          + (r.stderr.strip().splitlines() or ["pip gave no message"])[-1])
 
 
-def _venv_site(venv: Path) -> Path:
-    return venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+def _venv_site(py: Path) -> Path:
+    """The venv's own site-packages, as its interpreter names it (whatever the distribution's scheme)."""
+    r = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"{py} does not start: " + (r.stderr.strip().splitlines() or ["no message"])[-1])
+    return Path(r.stdout.strip())
+
+
+def hand_venv(venv: Path) -> None:
+    """What `python3 -m venv --without-pip` writes, for an image whose venv module is missing or broken (Debian
+    and Ubuntu split it off into pythonX.Y-venv): bin/python3 -> this interpreter, and a pyvenv.cfg whose `home`
+    tells CPython's getpath where the standard library is."""
+    base = Path(os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable))
+    (venv / "bin").mkdir(parents=True, exist_ok=True)
+    for name in ("python3", "python"):
+        link = venv / "bin" / name
+        if not link.exists():
+            link.symlink_to(base)
+    v = sys.version_info
+    (venv / "pyvenv.cfg").write_text(f"home = {base.parent}\ninclude-system-site-packages = false\n"
+                                     f"version = {v.major}.{v.minor}.{v.micro}\n")
 
 
 def make_venv(venv: Path, image_sites: list) -> Path:
@@ -165,9 +185,10 @@ def make_venv(venv: Path, image_sites: list) -> Path:
     if not py.exists():
         r = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], capture_output=True, text=True)
         if r.returncode or not py.exists():
-            raise SystemExit(f"could not make the python backend's venv {venv}: "
-                             + (r.stderr.strip().splitlines() or ["no message"])[-1])
-    site = _venv_site(venv)
+            hand_venv(venv)
+    site = _venv_site(py)
+    if Path(venv).resolve() not in site.resolve().parents:   # never write the .pth into the image's own site
+        raise SystemExit(f"{py} is not a venv in {venv} (its site-packages: {site})")
     site.mkdir(parents=True, exist_ok=True)
     lines = [f"import site; site.addsitedir({str(s)!r})" for s in image_sites]
     (site / "labkit_image_site.pth").write_text("\n".join(lines) + "\n")
@@ -238,7 +259,7 @@ def _install(wheels: list, site: Path, venv: Path, absent: list) -> dict:
     image_sites = [s for s in dict.fromkeys(sys.path)
                    if s.endswith(("site-packages", "dist-packages")) and Path(s).is_dir()]
     py = make_venv(venv, image_sites)
-    vsite = _venv_site(venv)
+    vsite = _venv_site(py)
     todo = [w for w in p["venv"] if dist_name(w) not in installed([vsite])]
     if todo:
         _pip_target(sys.executable, vsite, todo)

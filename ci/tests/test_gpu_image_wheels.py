@@ -91,6 +91,30 @@ def test_plan_puts_numpy_in_the_venv_and_keeps_what_the_image_has():
     assert p["site"] == [wheels[2], wheels[1]]                     # by file name
 
 
+def test_hand_made_venv_runs_this_python_with_the_image_sites_after_its_own(tmp_path):
+    """The fallback for an image without a working venv module (Debian/Ubuntu ship it separately)."""
+    venv = tmp_path / "v"
+    giw.hand_venv(venv)
+    image = [p for p in sys.path if p.endswith("site-packages")]
+    py = giw.make_venv(venv, image)
+    out = subprocess.run([str(py), "-c", "import sys, numpy; print(sys.prefix); print(numpy.__file__); "
+                          "print([p for p in sys.path if p.endswith('site-packages')])"],
+                         capture_output=True, text=True, env={"PATH": os.environ["PATH"]}).stdout.splitlines()
+    assert out[0] == str(venv)
+    own = str(giw._venv_site(py))
+    assert eval(out[2]) == [own, *image]                         # its own site first, then the image's
+    assert any(out[1].startswith(p) for p in image)              # numpy from the image (none in the venv here)
+
+
+def test_make_venv_refuses_an_interpreter_that_is_not_a_venv_there(tmp_path):
+    """A python3 that ignores the venv (here: a bin/python3 without pyvenv.cfg) would get the .pth in its own
+    site-packages: refused."""
+    (tmp_path / "v" / "bin").mkdir(parents=True)
+    (tmp_path / "v" / "bin" / "python3").symlink_to(os.path.realpath(sys.executable))
+    with pytest.raises(SystemExit, match="is not a venv in"):
+        giw.make_venv(tmp_path / "v", ["/nonexistent"])
+
+
 def _wheel(folder: Path, name: str, version: str, value: int) -> Path:
     """A real (tiny, pure-Python) wheel pip can install: module `name` with VALUE."""
     folder.mkdir(parents=True, exist_ok=True)
