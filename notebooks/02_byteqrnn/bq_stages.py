@@ -42,7 +42,7 @@ def knobs(profile: str) -> dict:
                     dict(max_tokens=128, epochs=3, batch_size=32, lr=5e-5, max_train=None)),
         latency_n=pick(24, 200),
         s2s_steps=pick(300, 4000),
-        s2s_warmup=pick(30, 400),
+        s2s_warmup=pick(30, 200),
         s2s_len=pick(32, 64),
         s2s_dim=pick(64, 128),
         s2s_layers=pick(1, 3),
