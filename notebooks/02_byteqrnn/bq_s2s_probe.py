@@ -53,7 +53,7 @@ def main(argv=None):
     from labkit.env import machine_info
 
     K = ST.knobs("full")
-    warmup = K.get("s2s_warmup", 0) if args.warmup is None else args.warmup
+    warmup = K["s2s_warmup"] if args.warmup is None else args.warmup
     lr = 2 * K["lr"] if args.lr is None else args.lr
     (src, dec_in, tgt), _, cfg = ST.seq2seq_data(K, args.seed)   # the beam-test pairs are not used
     n = len(src) - args.n_val
