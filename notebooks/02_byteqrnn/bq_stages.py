@@ -43,6 +43,7 @@ def knobs(profile: str) -> dict:
         latency_n=pick(24, 200),
         s2s_steps=pick(300, 4000),
         s2s_warmup=pick(30, 200),
+        s2s_lr=pick(4e-3, 2e-3),   # peak seq2seq learning rate (was 2 * lr; bq_s2s_probe.py --sweep compares others)
         s2s_len=pick(32, 64),
         s2s_dim=pick(64, 128),
         s2s_layers=pick(1, 3),
@@ -259,7 +260,7 @@ def seq2seq_data(K: dict, seed: int):
 def seq2seq_settings(cfg, K: dict, seed: int, n_pairs: int) -> dict:
     """What a stored seq2seq piece must match to be loaded; naming the warmup makes pieces trained without one
     (they did not learn at full size: results/seq2seq_recipe_probe.json) train again."""
-    return _settings(cfg=cfg, steps=K["s2s_steps"], batch=K["batch"], lr=2 * K["lr"], warmup=K["s2s_warmup"],
+    return _settings(cfg=cfg, steps=K["s2s_steps"], batch=K["batch"], lr=K["s2s_lr"], warmup=K["s2s_warmup"],
                      seed=seed, beam_inputs=K["beam_inputs"], n_pairs=n_pairs)
 
 
@@ -277,7 +278,7 @@ def seq2seq_piece(st: Stages, K: dict, seed: int):
         model.load_weights(str(st.weights_path("seq2seq")))
         st.log(f"[stages] seq2seq: loaded ({rec['machine']})")
         return model, rec, (vsrc, vdec, vtgt)
-    losses = S2.train_seq2seq(model, src, dec_in, tgt, K["s2s_steps"], K["batch"], lr=2 * K["lr"], seed=seed,
+    losses = S2.train_seq2seq(model, src, dec_in, tgt, K["s2s_steps"], K["batch"], lr=K["s2s_lr"], seed=seed,
                               warmup_steps=K["s2s_warmup"])
     cal = keras.ops.convert_to_numpy(model((vsrc[:128], vdec[:128]), training=False))
     q8 = S2.UInt8Quant.calibrate(cal)

@@ -59,6 +59,6 @@ def test_seq2seq_warms_up_and_its_stored_settings_name_the_warmup(profile):
     assert 0 < K["s2s_warmup"] < K["s2s_steps"]
     cfg = S2.Seq2SeqConfig()
     s = ST.seq2seq_settings(cfg, K, seed=0, n_pairs=10)
-    old = ST._settings(cfg=cfg, steps=K["s2s_steps"], batch=K["batch"], lr=2 * K["lr"], seed=0,
+    old = ST._settings(cfg=cfg, steps=K["s2s_steps"], batch=K["batch"], lr=K["s2s_lr"], seed=0,
                        beam_inputs=K["beam_inputs"], n_pairs=10)
     assert s["warmup"] == K["s2s_warmup"] and {k: v for k, v in s.items() if k != "warmup"} == old
