@@ -9,9 +9,12 @@ One recipe (a CPU probe of the first steps):
     KERAS_BACKEND=jax XLA_FLAGS='--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1' \\
         timeout 900 taskset -c 1 python bq_s2s_probe.py --stop-after 400 --warmup 0 --label no_warmup
 
-A sweep of RECIPES (one GPU, all 4000 steps, the recipes as concurrent processes; picks nothing: read the lines):
+A sweep of RECIPES (one GPU, all 4000 steps, the recipes as concurrent processes; picks nothing: read the lines).
+On a JAX-GPU machine, from the repo root with the wheels and data/fortunes_en carried (copy the committed file to
+--out first so the sweep's records join the earlier ones; bring it back as results/seq2seq_recipe_probe.json):
 
-    python3 bq_s2s_probe.py --sweep all --out $OUT/seq2seq_recipe_probe.json
+    source ci/gpu_image_env.sh .whl && cd notebooks/02_byteqrnn && cp results/seq2seq_recipe_probe.json $OUT/ &&
+        python3 bq_s2s_probe.py --sweep all --window 100 --deadline-s 330 --out $OUT/seq2seq_recipe_probe.json
 
 A finished stage's seq2seq.json as a record (its losses as windows; its beam scores are on the beam-test pairs):
 
