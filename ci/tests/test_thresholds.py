@@ -55,7 +55,7 @@ def test_bad_inputs_are_named(tmp_path, capsys):
 
 def test_a_malformed_threshold_is_a_failure_naming_it():
     problems = ct.violations({"x": 1.0}, {"x": {"minimum": 3}, "y": {"min": "3"}, "z": [1]})
-    assert "threshold x: unknown key 'minimum' (allowed: min, max, required)" in problems
+    assert "threshold x: unknown key 'minimum' (allowed: min, max, required, accept, why)" in problems
     assert "threshold x: has neither min nor max" in problems
     assert "threshold y: min='3' is not a number" in problems
     assert any(p.startswith("threshold z:") for p in problems)
