@@ -259,11 +259,12 @@ def train_seq2seq(model, src, dec_in, tgt, steps: int, batch_size: int = 64, lr:
     rng = np.random.default_rng(seed)
     n = len(src)
     order = np.concatenate([rng.permutation(n) for _ in range(int(np.ceil(steps * batch_size / n)))])
-    order = order[: min(steps, stop_after or steps) * batch_size]
+    n_steps = min(steps, stop_after or steps)
+    order = order[: n_steps * batch_size]
     w = (tgt != PAD_ID).astype(np.float32)
     model.compile(optimizer=keras.optimizers.Adam(lr_schedule(lr, steps, warmup_steps), clipnorm=1.0),
                   loss=MaskedCE())
-    cb = ProgressCallback(len(order) // batch_size + (len(order) % batch_size > 0), "seq2seq train")
+    cb = ProgressCallback(n_steps, "seq2seq train")
     model.fit((src[order], dec_in[order]), tgt[order], sample_weight=w[order], batch_size=batch_size,
               epochs=1, shuffle=False, verbose=0, callbacks=[cb])
     return cb.losses
