@@ -34,29 +34,34 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "shared"))
 OUT = HERE / "results" / "seq2seq_recipe_probe.json"
 PRECISIONS = ("default", "high", "highest")   # JAX's jax_default_matmul_precision legacy values (jax/_src/config.py)
-# name: settings. (a) is the full profile's recipe that collapsed on one H200 (2026-12-01, records below);
-# (d) is (a) with float32 matmuls at full precision (JAX's default on GPU may use TF32); (e) is (a) with another
-# batch order (the CPU probe and the stage trained on differently ordered batches).
+# name: settings. (a) is the full profile's recipe (warmup 200, peak 2e-3, LayerNorm on the encoder memory); (b) is
+# (a) without that LayerNorm: the model that collapsed on one H200 (2026-12-01, records below); (c) is (a) without
+# warmup; (d) is (a) with float32 matmuls at full precision (JAX's default on GPU may use TF32); (e) is (a) with
+# another batch order; (f) is (a) at half the peak learning rate.
 RECIPES = {
     "a_w200_lr2e-3": dict(warmup=200, lr=2e-3),
-    "b_w400_lr1e-3": dict(warmup=400, lr=1e-3),
-    "c_w200_lr1e-3": dict(warmup=200, lr=1e-3),
+    "b_w200_lr2e-3_nonorm": dict(warmup=200, lr=2e-3, mem_norm=0),
+    "c_w0_lr2e-3": dict(warmup=0, lr=2e-3),
     "d_w200_lr2e-3_highest": dict(warmup=200, lr=2e-3, precision="highest"),
     "e_w200_lr2e-3_order1": dict(warmup=200, lr=2e-3, order_seed=1),
+    "f_w200_lr1e-3": dict(warmup=200, lr=1e-3),
 }
 ABOUT = ('Written by bq_s2s_probe.py: the full-profile seq2seq piece (ByteQRNN encoder + 3-layer merged-attention '
          'decoder, width 128, quantization-aware, batch 64, Adam clipnorm 1.0, the 4000-step schedule decaying from '
          'lr_peak to 5% of it after warmup_steps of linear warmup) trained from scratch for steps_run steps, Keras on '
-         'JAX; machine says where (the first three records: a 2-core CPU, one thread; sweep_* records: one H200, the '
-         'recipes as concurrent processes). Pairs: seed 0; batches: a fresh permutation per pass, order_seed (0 '
-         'where absent). The piece\'s training pairs less the last 256, which are held back and scored: '
-         'teacher-forced cross-entropy per target byte (heldback_teacher_forced_ce; a unigram byte predictor from the '
-         'training targets: heldback_unigram_ce) and beam-4 byte accuracy on 64 of them beside copying the corrupted '
-         "input; the piece's beam-test inputs were never used. train_loss_per_step_mean: per-step losses recovered "
-         "from Keras' running mean (one fit epoch over all steps), averaged over windows, on Keras' scale (per-byte "
-         'cross-entropy times training_targets_non_pad_fraction; unigram_predictor_train_loss_on_the_keras_scale is '
-         'the unigram predictor on that scale). Records with source "stage" are a full stage run (all training pairs,'
-         ' no held-back scores; its beam scores are on the 500 beam-test pairs). Runs are single seeds.')
+         'JAX; machine says where (the CPU records: a 2-core CPU, one thread each; sweep_* records: one H200, the '
+         'recipes as concurrent processes). mem_norm: a LayerNorm on the encoder memory before the cross-attention '
+         'keys/values (absent from a record: off, the model before 2026-12-01 06:00 UTC); widest_activation_range: the '
+         "widest range any 8-bit activation quantizer tracked at the end (its rounding step is that / 255). Pairs: "
+         'seed 0; batches: a fresh permutation per pass, order_seed (0 where absent). The piece\'s training pairs less '
+         'the last 256, which are held back and scored: teacher-forced cross-entropy per target byte '
+         '(heldback_teacher_forced_ce; a unigram byte predictor from the training targets: heldback_unigram_ce) and '
+         "beam-4 byte accuracy on 64 of them beside copying the corrupted input; the piece's beam-test inputs were "
+         "never used. train_loss_per_step_mean: per-step losses recovered from Keras' running mean (one fit epoch "
+         "over all steps), averaged over windows, on Keras' scale (per-byte cross-entropy times "
+         'training_targets_non_pad_fraction; unigram_predictor_train_loss_on_the_keras_scale is the unigram predictor '
+         'on that scale). Records with source "stage" are a full stage run (all training pairs, no held-back scores; '
+         "its beam scores are on the 500 beam-test pairs). Runs are single seeds.")
 
 
 def parse(argv=None):
@@ -69,6 +74,8 @@ def parse(argv=None):
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's, K['s2s_lr'])")
     ap.add_argument("--precision", choices=PRECISIONS, default=None,
                     help="JAX's default float32 matmul precision (JAX backend only; default: JAX's own)")
+    ap.add_argument("--mem-norm", type=int, choices=(0, 1), default=None,
+                    help="LayerNorm on the encoder memory (default: the config's, on); 0 is the model that collapsed")
     ap.add_argument("--n-val", type=int, default=256, help="training pairs held back for scoring")
     ap.add_argument("--n-beam", type=int, default=64, help="held-back pairs decoded by beam search")
     ap.add_argument("--seed", type=int, default=0, help="pairs, weights and dropout")
@@ -150,11 +157,14 @@ def stage_record(path: Path, label: str, note: str, width: int) -> dict:
             "schedule_steps": s["steps"], "steps_run": len(m["losses"]), "batch": s["batch"], "order_seed": s["seed"],
             "src_len": cfg["src_len"], "tgt_len": cfg["tgt_len"], "dim": cfg["dim"], "dec_layers": cfg["dec_layers"],
             "encoder_layers": cfg["encoder"]["layers"], "quantize": cfg["quantize"], "clipnorm": 1.0,
-            "n_pairs": s["n_pairs"], "train_loss_per_step_mean": windows(m["losses"], width),
+            "mem_norm": cfg.get("mem_norm", False), "n_pairs": s["n_pairs"],
+            "train_loss_per_step_mean": windows(m["losses"], width),
             "beam_test_pairs": s["beam_inputs"], "byte_acc_float_beam_on_beam_test": round(m["byte_acc_float_beam"], 4),
             "byte_acc_uint8_beam_on_beam_test": round(m["byte_acc_uint8_beam"], 4),
             "byte_acc_copy_input_on_beam_test": round(m["byte_acc_copy_input"], 4),
             "beam_top1_agreement_uint8": round(m["beam_top1_agreement_uint8"], 4),
+            **({"widest_activation_range": round(m["widest_activation_range"], 2)}
+               if "widest_activation_range" in m else {}),
             "machine": f"{st.get('machine')}{', ' + note if note else ''}"}
 
 
@@ -181,6 +191,9 @@ def probe(args) -> dict:
         raise SystemExit(f"--stop-after ({stop}) and --warmup ({warmup}) must be below the schedule's "
                          f"{K['s2s_steps']} steps")
     (src, dec_in, tgt), _, cfg = ST.seq2seq_data(K, args.seed)   # the beam-test pairs are not used
+    if args.mem_norm is not None:
+        import dataclasses
+        cfg = dataclasses.replace(cfg, mem_norm=bool(args.mem_norm))
     n = len(src) - args.n_val
     vsrc, vdec, vtgt = src[n:], dec_in[n:], tgt[n:]
     keras.utils.set_random_seed(args.seed)
@@ -209,7 +222,8 @@ def probe(args) -> dict:
         "steps_run": len(running), "batch": K["batch"], "order_seed": order_seed,
         "matmul_precision": args.precision, "src_len": cfg.src_len, "tgt_len": cfg.tgt_len,
         "dim": cfg.dim, "dec_layers": cfg.dec_layers, "encoder_layers": cfg.encoder.layers,
-        "quantize": cfg.quantize, "clipnorm": 1.0,
+        "quantize": cfg.quantize, "clipnorm": 1.0, "mem_norm": cfg.mem_norm,
+        "widest_activation_range": round(S2.widest_quant_range(model), 2),
         "train_loss_per_step_mean": win, "train_loss_per_step_min_window": min(win.values()),
         "heldback_teacher_forced_ce": round(val_ce, 4), "heldback_unigram_ce": round(unigram_ce, 4),
         "heldback_n": int(args.n_val), "beam_n": int(len(bsrc)), "beam": 4,
@@ -247,6 +261,8 @@ def sweep_argv(args, name: str, part: Path) -> list:
         argv += ["--stop-after", str(args.stop_after)]
     if r.get("precision"):
         argv += ["--precision", r["precision"]]
+    if "mem_norm" in r:
+        argv += ["--mem-norm", str(r["mem_norm"])]
     return argv
 
 

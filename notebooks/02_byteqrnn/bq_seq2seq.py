@@ -188,6 +188,11 @@ class Seq2SeqConfig:
     ffn_mult: int = 2
     dropout: float = 0.1
     quantize: bool = True
+    # LayerNorm (then 8-bit fake quant) on the encoder memory before the decoders' cross-attention keys/values.
+    # Without it the memory's scale is free, the cross-attention path's activations grew to +-17,000 in a full-size
+    # run on one H200 (tracked 8-bit ranges: steps of ~100), and the decoder fell to a unigram-like predictor
+    # (results/seq2seq_recipe_probe.json).
+    mem_norm: bool = True
     encoder: ByteConfig = field(default_factory=lambda: ByteConfig(
         max_len=64, embed_dim=64, bottleneck=64, gbst_downsample=2, state=64, layers=2, num_classes=0))
 
@@ -199,6 +204,9 @@ class ByteSeq2Seq(keras.Model):
         self.byte_encoder = ByteEncoder(cfg.encoder.with_(max_len=cfg.src_len, quantize=cfg.quantize),
                                         name="byte_encoder")
         self.mem_proj = QDense(cfg.dim, quantize=cfg.quantize, name="mem_proj")
+        if cfg.mem_norm:
+            self.mem_ln = keras.layers.LayerNormalization(name="mem_norm")
+            self.mem_q = ActivationQuant(cfg.quantize, name="mem_norm_q")
         self.embed = QEmbedding(VOCAB_SIZE, cfg.dim, quantize=cfg.quantize, name="dec_embedding")
         self.ln_in = keras.layers.LayerNormalization()
         self.in_q = ActivationQuant(cfg.quantize)
@@ -213,6 +221,8 @@ class ByteSeq2Seq(keras.Model):
     def encode(self, src, training=None):
         h, mask = self.byte_encoder(src, training=training)
         mem = self.mem_proj(h, training=training)
+        if self.cfg.mem_norm:
+            mem = self.mem_q(self.mem_ln(mem), training=training)
         kv = [layer.cross.memory_kv(mem, training=training) for layer in self.dec]
         return kv, mask
 
@@ -238,6 +248,15 @@ class ByteSeq2Seq(keras.Model):
         return self.out(y)[:, 0], new
 
 
+def widest_quant_range(model) -> float:
+    """The widest range (max - min) any of the model's 8-bit activation quantizers tracks: its step is that / 255.
+    A decoder whose ranges reach the thousands has lost its small signals to rounding."""
+    widths = [float(layer.max_val.numpy()) - float(layer.min_val.numpy())
+              for layer in model._flatten_layers(include_self=False, recursive=True)
+              if isinstance(layer, ActivationQuant) and layer.quantize and layer.fixed_range is None]
+    return max(widths, default=0.0)
+
+
 def build_seq2seq(cfg: Seq2SeqConfig) -> ByteSeq2Seq:
     m = ByteSeq2Seq(cfg)
     m((np.zeros((1, cfg.src_len), np.int32), np.zeros((1, cfg.tgt_len), np.int32)))
@@ -252,9 +271,9 @@ class MaskedCE(keras.losses.Loss):
 def train_seq2seq(model, src, dec_in, tgt, steps: int, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
                   warmup_steps: int = 0, stop_after: int = None):
     """Adam (clipnorm 1.0), masked cross-entropy, the learning rate of bq_train.lr_schedule (linear decay to lr/20
-    over `steps`, after a linear warmup over `warmup_steps`: without one the decoder fell to a unigram-like
-    predictor at full size, results/seq2seq_recipe_probe.json). `stop_after` trains only the first that many of
-    the `steps` (same batches and schedule: for probes). Returns Keras' running-mean loss per step."""
+    over `steps`, after a linear warmup over `warmup_steps`: without one, and without Seq2SeqConfig.mem_norm, the
+    decoder fell to a unigram-like predictor at full size, results/seq2seq_recipe_probe.json). `stop_after` trains
+    only the first that many of the `steps` (same batches and schedule: for probes). Returns Keras' running-mean loss per step."""
     from bq_train import lr_schedule
     rng = np.random.default_rng(seed)
     n = len(src)

@@ -290,7 +290,8 @@ def seq2seq_piece(st: Stages, K: dict, seed: int):
                "beam_top1_agreement_uint8": float(np.mean([a == b for a, b in zip(float_best, quant_best)])),
                "byte_acc_float_beam": S2.byte_accuracy(float_best, btgt),
                "byte_acc_uint8_beam": S2.byte_accuracy(quant_best, btgt),
-               "byte_acc_copy_input": S2.byte_accuracy([list(r[r >= 3]) for r in bsrc], btgt)}
+               "byte_acc_copy_input": S2.byte_accuracy([list(r[r >= 3]) for r in bsrc], btgt),
+               "widest_activation_range": S2.widest_quant_range(model)}
     return model, st.save("seq2seq", settings, metrics, model), (vsrc, vdec, vtgt)
 
 

@@ -10,7 +10,7 @@ import bq_s2s_probe as P
 
 def test_sweep_names_recipes_and_rejects_unknown_ones(capsys):
     assert P.parse(["--sweep", "all"]).sweep == list(P.RECIPES)
-    assert P.parse(["--sweep", "c_w200_lr1e-3, a_w200_lr2e-3"]).sweep == ["c_w200_lr1e-3", "a_w200_lr2e-3"]
+    assert P.parse(["--sweep", "f_w200_lr1e-3, a_w200_lr2e-3"]).sweep == ["f_w200_lr1e-3", "a_w200_lr2e-3"]
     with pytest.raises(SystemExit):
         P.parse(["--sweep", "a_w200_lr2e-3,z_nothing"])
     assert "z_nothing" in capsys.readouterr().err
@@ -24,6 +24,7 @@ def test_sweep_names_recipes_and_rejects_unknown_ones(capsys):
     (["--label", "x", "--n-val", "8", "--n-beam", "16"], "--n-val"),
     (["--label", "x", "--lr", "0"], "--lr"),
     (["--label", "x", "--precision", "fast"], "--precision"),
+    (["--label", "x", "--mem-norm", "2"], "--mem-norm"),
     (["--sweep", "all", "--parallel", "-1"], "--parallel"),
 ])
 def test_bad_arguments_are_named(argv, says, capsys):
@@ -42,7 +43,9 @@ def test_each_recipe_runs_as_its_own_process_with_its_settings(tmp_path):
         assert child.label == f"sweep_{name}" and child.sweep is None and child.out == tmp_path / f"{name}.json"
         assert (child.warmup, child.lr, child.precision) == (r["warmup"], r["lr"], r.get("precision"))
         assert child.order_seed == r.get("order_seed", 0) and child.window == 100 and child.stop_after is None
+        assert child.mem_norm == r.get("mem_norm")
     assert opt(argv["d_w200_lr2e-3_highest"], "--precision") == "highest"
+    assert opt(argv["b_w200_lr2e-3_nonorm"], "--mem-norm") == "0"
     assert opt(argv["e_w200_lr2e-3_order1"], "--order-seed") == "1"
 
 

@@ -135,3 +135,37 @@ def test_training_warms_the_learning_rate_up_and_can_stop_early():
     assert np.isclose(lr(0), 1e-4 * (1 - 0.95 * 0 / 100), rtol=1e-5)           # (step + 1) / warmup of the decay
     assert np.isclose(lr(9), 1e-3 * (1 - 0.95 * 9 / 100), rtol=1e-5)           # the ramp ends at the decay
     assert np.isclose(lr(50), 1e-3 * (1 - 0.95 * 50 / 100), rtol=1e-5)
+
+
+def test_memory_norm_makes_the_cross_attention_inputs_scale_free():
+    """With mem_norm the keys/values the decoder attends to do not change when the memory projection's weights grow
+    (the path whose activations grew to +-17,000 in the collapsed full-size run); without it they grow with them."""
+    import dataclasses
+    rng = np.random.default_rng(4)
+    src = T(rng.integers(3, 200, size=(2, 24)).astype(np.int32))
+    for norm in (True, False):
+        keras.utils.set_random_seed(0)
+        m = S.build_seq2seq(dataclasses.replace(CFG, mem_norm=norm))
+        assert hasattr(m, "mem_ln") == norm
+        m.mem_proj.kernel.assign(m.mem_proj.kernel * 100.0)   # large enough that LayerNorm's epsilon is negligible
+        k0 = N(m.encode(src)[0][0][0])
+        m.mem_proj.kernel.assign(m.mem_proj.kernel * 10.0)
+        k1 = N(m.encode(src)[0][0][0])
+        ratio = np.abs(k1).max() / np.abs(k0).max()
+        assert (abs(ratio - 1) < 0.01) if norm else (abs(ratio - 10) < 0.1), (norm, ratio)
+
+
+def test_widest_quant_range_reads_the_tracked_ranges():
+    import dataclasses
+    rng = np.random.default_rng(5)
+    src = T(rng.integers(3, 200, size=(2, 24)).astype(np.int32))
+    dec_in = T(rng.integers(3, 200, size=(2, 16)).astype(np.int32))
+    keras.utils.set_random_seed(0)
+    m = S.build_seq2seq(dataclasses.replace(CFG, quantize=True))
+    assert S.widest_quant_range(m) == 0.0                     # nothing tracked before a training-mode pass
+    m.mem_proj.kernel.assign(m.mem_proj.kernel * 1000.0)
+    m((src, dec_in), training=True)
+    q = m.mem_proj.out_q
+    width = float(q.max_val.numpy()) - float(q.min_val.numpy())
+    assert width > 10 and S.widest_quant_range(m) >= width
+    assert float(m.mem_q.max_val.numpy()) - float(m.mem_q.min_val.numpy()) < 20   # after the LayerNorm: bounded
