@@ -39,6 +39,7 @@ from nbconvert import HTMLExporter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from notebooks import BUILD, NOTEBOOKS, ROOT, metadata  # noqa: E402
+from check_thresholds import verdict as threshold_verdict  # noqa: E402  (make test's own judgement of a value)
 
 try:
     from labkit.paths import atomic_write_bytes, atomic_write_text
@@ -80,6 +81,7 @@ SITE_CSS = """
 .lk-ref th { background: #f0f0f0; }
 .lk-ok { color: #26734d; font-weight: 600; }
 .lk-bad { color: #b00020; font-weight: 600; }
+.lk-warn { color: #8a5a00; font-weight: 600; }
 .lk-muted { color: #666; }
 .lk-error-output { border-left: 4px solid #b00020; }
 /* Narrow screens: nothing wider than the screen; wide code, tables and outputs scroll in their box. */
@@ -203,21 +205,16 @@ def fmt_minutes(v) -> str:
     return "&mdash;" if v is None else f"~{fmt_num(v)} min"
 
 
-def threshold_text(spec) -> tuple:
-    """('>= 0.9', check function) from {min: x} / {max: y}."""
+def threshold_text(spec) -> str:
+    """'&ge; 0.9' from {min: x} / {max: y}; a stated shortfall's reason on hover."""
     if not isinstance(spec, dict):
-        return "", None
-    parts, checks = [], []
-    if "min" in spec:
-        parts.append(f"&ge; {fmt_num(spec['min'])}")
-        checks.append(lambda v, m=spec["min"]: v >= m)
-    if "max" in spec:
-        parts.append(f"&le; {fmt_num(spec['max'])}")
-        checks.append(lambda v, m=spec["max"]: v <= m)
+        return ""
+    parts = [f"&ge; {fmt_num(spec['min'])}"] if "min" in spec else []
+    parts += [f"&le; {fmt_num(spec['max'])}"] if "max" in spec else []
     text = ", ".join(parts)
     if spec.get("accept") is not None and spec.get("why"):   # a missed goal with its measured reason
         text += f' <abbr title="{esc(spec["why"])}">(reason stated)</abbr>'
-    return text, (lambda v: all(c(v) for c in checks)) if checks else None
+    return text
 
 
 def machine_label(m) -> str:
@@ -243,14 +240,15 @@ def reference_block(folder: str, ref: dict | None, meta_entry: dict, heading: st
     thresholds = (meta_entry or {}).get("thresholds") or {}
     rows = []
     for k, v in metrics.items():
-        text, check = threshold_text(thresholds.get(k))
-        verdict = ""
-        if check is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
-            verdict = '<span class="lk-ok">meets</span>' if check(v) else '<span class="lk-bad">misses</span>'
-            spec = thresholds.get(k) or {}
-            if not check(v) and spec.get("why"):   # the missed goal's measured reason, readable without hovering
-                verdict += (f'<br><span class="lk-muted">stated shortfall (accepted to {fmt_num(spec.get("accept"))}):'
-                            f' {esc(spec["why"])}</span>')
+        spec = thresholds.get(k)
+        text, judged = threshold_text(spec), threshold_verdict(v, spec)
+        verdict = {"meets": '<span class="lk-ok">meets</span>', "": "",
+                   "stated": '<span class="lk-warn">misses</span>', "fails": '<span class="lk-bad">misses</span>'}[judged]
+        if judged == "stated":   # the missed goal's measured reason, readable without hovering
+            verdict += (f'<br><span class="lk-muted">stated shortfall (accepted to {fmt_num(spec["accept"])}):'
+                        f' {esc(spec["why"])}</span>')
+        elif judged == "fails" and "accept" in spec:
+            verdict += f' <span class="lk-bad">(past the accepted {fmt_num(spec["accept"])}: fails make test)</span>'
         rows.append(f"<tr><td>{esc(k)}</td><td>{fmt_num(v)}</td><td>{text} {verdict}</td></tr>")
     m = ref.get("machine") or {}
     versions = m.get("versions") or {}
@@ -538,12 +536,13 @@ def headline_rows(e: dict) -> str:
     ref_label = "reference" if this_label == "full" else "full"  # after `make run PROFILE=full`
     rows = []
     for name in list(thresholds)[:HEADLINE_METRICS]:
-        text, check = threshold_text(thresholds[name])
+        text = threshold_text(thresholds[name])
         this = e["metrics"].get(name)
         full = ref.get(name)
-        verdict = ""
-        if check is not None and isinstance(full, (int, float)) and not isinstance(full, bool):
-            verdict = '<span class="lk-ok">&#10003;</span> ' if check(full) else '<span class="lk-bad">&#10007;</span> '
+        verdict = {"meets": '<span class="lk-ok" title="meets the goal">&#10003;</span> ',
+                   "stated": '<span class="lk-warn" title="goal missed, reason stated">&#10007;</span> ',
+                   "fails": '<span class="lk-bad" title="misses the goal">&#10007;</span> ', "": ""}[
+            threshold_verdict(full, thresholds[name])]
         rows.append(f"<li><code>{esc(name)}</code><span class=\"lk-v\">{this_label} "
                     f"<b>{fmt_num(this) if this is not None else '&mdash;'}</b></span>"
                     f"<span class=\"lk-v\">{ref_label} <b>{fmt_num(full) if full is not None else '&mdash;'}</b></span>"

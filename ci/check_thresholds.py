@@ -66,6 +66,15 @@ def _within_accept(v, bound) -> bool:
     return is_number(acc) and (v >= acc if "min" in bound else v <= acc)
 
 
+def verdict(v, bound) -> str:
+    """'meets', 'stated' (goal missed within its stated `accept`), 'fails', or '' (no valid spec or not a number)."""
+    if not isinstance(bound, dict) or spec_problems("", bound) or not is_number(v):
+        return ""
+    if not _missed(v, bound):
+        return "meets"
+    return "stated" if "accept" in bound and _within_accept(v, bound) else "fails"
+
+
 def violations(metrics: dict, thresholds: dict, missing_ok: bool = False) -> list:
     """Failures of `metrics` against `thresholds`. A metric that is not recorded is one, unless
     `missing_ok` and its threshold is not `required` (see unrecorded())."""
@@ -82,24 +91,16 @@ def violations(metrics: dict, thresholds: dict, missing_ok: bool = False) -> lis
         v = metrics[name]
         if not is_number(v):
             out.append(f"{name}={v!r} is not a number")
-            continue
-        missed = _missed(v, bound)
-        if missed and not _within_accept(v, bound):
+        elif verdict(v, bound) == "fails":
             past = f" and past the accepted {bound['accept']}" if "accept" in bound else ""
-            out.append(f"{name}={v:.4g} {missed}{past}")
+            out.append(f"{name}={v:.4g} {_missed(v, bound)}{past}")
     return out
 
 
 def shortfalls(metrics: dict, thresholds: dict) -> list:
     """Goals missed within their stated `accept` bound: reported with their reason, not failed."""
-    out = []
-    for name, bound in thresholds.items():
-        v = metrics.get(name)
-        if isinstance(bound, dict) and not spec_problems(name, bound) and is_number(v) and "accept" in bound:
-            missed = _missed(v, bound)
-            if missed and _within_accept(v, bound):
-                out.append(f"{name}={v:.4g} {missed} (goal missed, stated: {bound['why']})")
-    return out
+    return [f"{name}={metrics[name]:.4g} {_missed(metrics[name], bound)} (goal missed, stated: {bound['why']})"
+            for name, bound in thresholds.items() if verdict(metrics.get(name), bound) == "stated"]
 
 
 def unrecorded(metrics: dict, thresholds: dict) -> list:

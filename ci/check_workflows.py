@@ -72,6 +72,10 @@ def test_a_stated_shortfall_is_reported_and_a_regression_past_it_fails():
     assert len(notes) == 2 and all("goal missed, stated" in n for n in notes)
     bad = check_thresholds.violations({"ratio": 2.4, "gap": 0.05}, th)
     assert len(bad) == 2 and all("past the accepted" in b for b in bad)
+    v = check_thresholds.verdict     # the one judgement the site shows too
+    assert [v(x, th["ratio"]) for x in (6.0, 5.0, 2.7, 2.5, 2.4)] == ["meets", "meets", "stated", "stated", "fails"]
+    assert [v(x, {"max": 0.03}) for x in (0.01, 0.05)] == ["meets", "fails"]
+    assert v(True, th["ratio"]) == v("6", th["ratio"]) == v(1.0, {"min": 5, "accept": 2}) == v(1.0, None) == ""
 
 
 def test_accept_needs_a_reason_and_must_lie_past_the_goal():

@@ -202,6 +202,11 @@ def test_reference_results_block_shows_machine_and_thresholds():
     stated = build_site.reference_block("98_synthetic", ref, {"thresholds": {
         "loss": {"max": 0.2, "accept": 0.6, "why": "one seed & <b>small</b> data"}}})
     assert "misses" in stated and "stated shortfall (accepted to 0.6): one seed &amp; &lt;b&gt;small&lt;/b&gt; data" in stated
+    assert "lk-warn" in stated and "fails make test" not in stated
+    ref["metrics"]["loss"] = 0.7          # past the accepted bound: a failure, not a stated shortfall
+    past = build_site.reference_block("98_synthetic", ref, {"thresholds": {
+        "loss": {"max": 0.2, "accept": 0.6, "why": "one seed"}}})
+    assert "stated shortfall" not in past and "(past the accepted 0.6: fails make test)" in past
 
 
 def test_math_is_rendered_as_mathml_without_any_script(tmp_path, browser):
