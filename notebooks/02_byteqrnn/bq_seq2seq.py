@@ -189,9 +189,9 @@ class Seq2SeqConfig:
     dropout: float = 0.1
     quantize: bool = True
     # LayerNorm (then 8-bit fake quant) on the encoder memory before the decoders' cross-attention keys/values.
-    # Without it the memory's scale is free, the cross-attention path's activations grew to +-17,000 in a full-size
-    # run on one H200 (tracked 8-bit ranges: steps of ~100), and the decoder fell to a unigram-like predictor
-    # (results/seq2seq_recipe_probe.json).
+    # Without it the memory's scale is free: in a full-size run on one H200 the 8-bit ranges tracked on the
+    # cross-attention path grew to 26,000 wide (rounding steps of ~100), and the decoder fell to a unigram-like
+    # predictor (results/seq2seq_recipe_probe.json).
     mem_norm: bool = True
     encoder: ByteConfig = field(default_factory=lambda: ByteConfig(
         max_len=64, embed_dim=64, bottleneck=64, gbst_downsample=2, state=64, layers=2, num_classes=0))
@@ -273,7 +273,8 @@ def train_seq2seq(model, src, dec_in, tgt, steps: int, batch_size: int = 64, lr:
     """Adam (clipnorm 1.0), masked cross-entropy, the learning rate of bq_train.lr_schedule (linear decay to lr/20
     over `steps`, after a linear warmup over `warmup_steps`: without one, and without Seq2SeqConfig.mem_norm, the
     decoder fell to a unigram-like predictor at full size, results/seq2seq_recipe_probe.json). `stop_after` trains
-    only the first that many of the `steps` (same batches and schedule: for probes). Returns Keras' running-mean loss per step."""
+    only the first that many of the `steps` (same batches and schedule: for probes). Returns Keras' running-mean
+    loss per step."""
     from bq_train import lr_schedule
     rng = np.random.default_rng(seed)
     n = len(src)
