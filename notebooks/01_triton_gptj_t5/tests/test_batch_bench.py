@@ -94,3 +94,17 @@ def test_triton_gemv_metric_is_bytes_over_time():
     assert m["gptj_int8_triton_gemv_tb_per_s"] == pytest.approx(0.3)
     assert m["gptj_int8_triton_gemv_fraction_of_copy"] == pytest.approx(0.1)
     assert "gptj_int8_triton_gemv_tb_per_s" not in ft_batch_bench.metrics({"gptj_b1": {"bench": {}}})
+
+
+def test_quality_failure_keeps_the_timings(tmp_path, monkeypatch):
+    """The int8 quality step needs the gpt2_bpe data (an H200 run lost a whole part's timings when it was not
+    carried): its failure is recorded in checks, the timings and the timing metrics stay, the quality keys are absent."""
+    def no_data(**kw):
+        raise labkit.data.DataError("gpt2_bpe: not here")
+    monkeypatch.setattr(ft_batch_bench.ft_int8, "tiny_gptj_quality", no_data)
+    r = ft_batch_bench.main(["--tiny", "--parts", "gptj_b1", "--int8", "dequant", "--out", str(tmp_path / "a.json")])
+    b1 = r["gptj_b1"]
+    assert "gpt2_bpe: not here" in b1["checks"]["int8 quality: error"] and "int8_quality" not in b1
+    assert b1["bench"]["runtime int8 dequant"]["ms_per_token"] > 0
+    m = ft_batch_bench.main(["--merge", str(tmp_path / "a.json"), "--out", str(tmp_path / "m.json")])["metrics"]
+    assert m["gptj_int8_ms_per_token"] > 0 and "gptj_int8_token_agreement" not in m
