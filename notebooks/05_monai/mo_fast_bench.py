@@ -3,6 +3,8 @@
     python mo_fast_bench.py --mode time_to_dice [--target 0.85] [--max-epochs 300] [--out ttd.json]
     python mo_fast_bench.py --mode ddp [--nproc 1 2] [--epochs 6] [--out ddp.json]
     python mo_fast_bench.py --mode epoch [--out bench.json]          # per-epoch time of recipe variants
+    python mo_fast_bench.py --mode transforms [--epochs 3]           # where a fast-recipe epoch's data time goes
+    python mo_fast_bench.py --mode steps [--epochs 3]                # the training step alone, each recipe
     python mo_fast_bench.py --mode merge --inputs fast.json regular.json --out ttd.json   # --recipes runs
     add --tiny for a CPU-sized check (MNI152 at 6 mm, tiny UNet, 16^3 patches, low target)
 
@@ -13,6 +15,13 @@ time_to_dice: the fast recipe, then the regular one, each until the validation m
   fill, as MONAI's fast-training guide counts them. Also the per-epoch ratio and the precision/optimiser of
   each recipe. If only the fast recipe reaches the target, the regular run's elapsed time gives a lower
   bound of the speed-up (fast_vs_regular_time_to_dice_speedup_lower_bound).
+transforms: the fast recipe's pipeline on the device, item by item: the cached (deterministic) part once, then
+  each transform from the first random one on (RandSynthd, ScalePercentilesd, the crops, RandAffined, ...) timed
+  with the device synchronised around it, over --epochs passes of the training subjects; mean ms per item of
+  each, and their sum per epoch (to set beside an epoch's time from --mode epoch).
+steps: the training step alone (mo_train.train_step: same network, loss, optimiser, precision and memory format
+  as each recipe) on random batches of the recipe's shape (batch_size x num_samples patches), no data pipeline:
+  ms per step and per epoch-worth of steps, beside the epoch time --mode epoch gives.
 ddp: the fast recipe under torchrun with 1 and N processes (one per GPU), same global batch, same epochs;
   epoch time of each, the speed-up, and the validation Dice of both runs.
 Results (JSON) name the machine: GPU model and count, CPU cores, torch version.
@@ -155,9 +164,94 @@ def epoch_variants(a, dev: str, train, val) -> dict:
     return res
 
 
+def transform_times(a, dev: str, train, val) -> dict:
+    """Mean ms per item of each transform after the cache boundary of the fast recipe's pipeline, on `dev`."""
+    import numpy as np
+    import torch
+    from monai.transforms import RandomizableTrait, Transform, apply_transform
+    import mo_transforms as T
+    cfg = base_config(a.tiny)
+    tfm = T.train_transforms(cfg["pixdim"], cfg["roi"], cfg["num_samples"], device=dev if dev.startswith("cuda") else None,
+                             synth=cfg["synth"])
+    tfm.set_random_state(seed=0)
+    ts = tfm.transforms
+    first = next(i for i, t in enumerate(ts) if isinstance(t, RandomizableTrait) or not isinstance(t, Transform))
+    sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
+    cached = [apply_transform(Compose_(ts[:first]), {"gen": it["gen"], "label": it["label"]} if cfg["synth"] else it)
+              for it in train]
+    names = [type(t).__name__ for t in ts[first:]]
+    ms = {n: [] for n in names}
+    for _ in range(a.epochs):
+        for item in cached:
+            d = dict(item)
+            for n, t in zip(names, ts[first:]):
+                sync()
+                t0 = time.perf_counter()
+                d = apply_transform(t, d, map_items=True)
+                sync()
+                ms[n].append((time.perf_counter() - t0) * 1e3)
+    per_item = {n: float(np.mean(v[len(train):] if len(v) > len(train) else v)) for n, v in ms.items()}  # 1st pass warms up
+    res = {"mode": "transforms", "items_per_epoch": len(train), "ms_per_item": per_item,
+           "data_s_per_epoch": sum(per_item.values()) * len(train) / 1e3, "cached_transforms": [type(t).__name__ for t in ts[:first]]}
+    for n, v in per_item.items():
+        print(f"{v:9.2f} ms per item  {n}", flush=True)
+    print(f"random part: {res['data_s_per_epoch']:.2f} s per epoch of {len(train)} subjects", flush=True)
+    return res
+
+
+def step_times(a, dev: str, train, val) -> dict:
+    """ms per training step of each recipe on random batches of its shape (the network alone, no data)."""
+    import numpy as np
+    import torch
+    from monai.losses import DiceCELoss
+    import mo_train
+    base = base_config(a.tiny)
+    rows = base["batch_size"] * base["num_samples"]
+    steps_per_epoch = -(-len(train) // base["batch_size"])
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand((rows, 1) + (base["roi"],) * 3, generator=g)
+    y = torch.randint(0, mo_train.NUM_CLASSES, (rows, 1) + (base["roi"],) * 3, generator=g)
+    cuda = dev.startswith("cuda")
+    res = {"mode": "steps", "rows_per_step": rows, "steps_per_epoch": steps_per_epoch, "recipes": {}}
+    for recipe in ("fast", "regular"):
+        cfg = mo_train.Config(recipe=recipe, **base)
+        torch.manual_seed(0)
+        net = mo_train.make_net(cfg.net, cfg.size, cfg.roi).to(dev)
+        fmt = torch.channels_last_3d if cfg.channels_last and recipe == "fast" and cuda else torch.contiguous_format
+        net = net.to(memory_format=fmt).train()
+        opt = mo_train.make_optimizer(cfg, net)
+        amp = cfg.resolved_amp() and cuda
+        if cuda:
+            torch.backends.cudnn.benchmark = recipe == "fast"
+        scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        xs, ys = (x.to(dev), y.to(dev)) if cuda else (x, y)
+        times = []
+        for i in range(3 + a.epochs * steps_per_epoch):     # the first 3 warm up (cuDNN's benchmark picks kernels)
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            mo_train.train_step(net, xs, ys, opt, scaler, loss_fn, dev, amp, fmt)
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        ms = float(np.median(times[3:])) * 1e3
+        res["recipes"][recipe] = {"ms_per_step": ms, "s_per_epoch_of_steps": ms * steps_per_epoch / 1e3,
+                                  "amp": amp, "channels_last": fmt == torch.channels_last_3d}
+        print(f"{recipe}: {ms:.1f} ms per step of {rows} patches, {ms * steps_per_epoch / 1e3:.2f} s per epoch "
+              f"({steps_per_epoch} steps)", flush=True)
+        del net, opt
+    return res
+
+
+def Compose_(transforms):
+    from monai.transforms import Compose
+    return Compose(list(transforms))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mode", choices=("time_to_dice", "ddp", "epoch", "merge"), default="time_to_dice")
+    ap.add_argument("--mode", choices=("time_to_dice", "ddp", "epoch", "transforms", "steps", "merge"), default="time_to_dice")
     ap.add_argument("--recipes", nargs="+", choices=("fast", "regular"), default=["fast", "regular"])
     ap.add_argument("--inputs", nargs="+", default=[], help="merge: time_to_dice JSON files of single recipes")
     ap.add_argument("--out", default=None, help="JSON file (default: <mode>.json)")
@@ -186,7 +280,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     train, val = data(a.tiny, n_train, 2 if a.tiny else 4, Path(a.data_root))
     print(f"{len(train)} + {len(val)} synthetic subjects ready in {time.perf_counter() - t0:.0f} s", flush=True)
-    run = {"time_to_dice": time_to_dice, "ddp": ddp, "epoch": epoch_variants}[a.mode]
+    run = {"time_to_dice": time_to_dice, "ddp": ddp, "epoch": epoch_variants, "transforms": transform_times, "steps": step_times}[a.mode]
     res = {"machine": machine(), "device": dev, **run(a, dev, train, val)}
     out.write_text(json.dumps(res, indent=1, default=str))
     print("wrote", out)

@@ -252,14 +252,7 @@ def fit(cfg: Config, train_items: Sequence[dict], val_items: Sequence[dict], dev
         for step, batch in enumerate(loader):
             if cfg.max_steps_per_epoch and step >= cfg.max_steps_per_epoch:
                 break
-            x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=mem_fmt)
-            y = batch["label"].to(device, non_blocking=True)
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", enabled=use_amp):
-                loss = loss_fn(model(x), y)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            loss = train_step(model, batch["image"], batch["label"], opt, scaler, loss_fn, device, use_amp, mem_fmt)
             loss_sum += loss.detach().float()
             n_steps += 1
         if device.startswith("cuda"):
@@ -283,6 +276,19 @@ def fit(cfg: Config, train_items: Sequence[dict], val_items: Sequence[dict], dev
     if rank == 0 and checkpoint is not None:
         save_checkpoint(net, cfg, checkpoint)
     return net, hist
+
+
+def train_step(model, x, y, opt, scaler, loss_fn, device: str, use_amp: bool, mem_fmt) -> torch.Tensor:
+    """One optimiser step on a batch (image x, label y); returns the loss (on the device, not synced)."""
+    x = x.to(device, non_blocking=True).contiguous(memory_format=mem_fmt)
+    y = y.to(device, non_blocking=True)
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", enabled=use_amp):
+        loss = loss_fn(model(x), y)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss
 
 
 def save_checkpoint(net: torch.nn.Module, cfg: Config, path: Path) -> None:

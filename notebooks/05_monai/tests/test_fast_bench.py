@@ -33,3 +33,30 @@ def test_time_to_dice_mode_writes_both_recipes_and_the_speedup(tmp_path):
     parts[1].write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="cannot merge"):
         mo_fast_bench.main(["--mode", "merge", "--inputs", *map(str, parts), "--out", str(merged)])
+
+
+def test_transforms_mode_times_each_transform_after_the_cache(tmp_path):
+    """--mode transforms: every transform from the first random one on (the synthesis first) has a time per
+    item, the cached part is named, and the per-epoch sum is the per-item times times the subjects."""
+    out = tmp_path / "t.json"
+    assert mo_fast_bench.main(["--mode", "transforms", "--tiny", "--epochs", "2", "--n-train", "2",
+                               "--data-root", str(tmp_path / "data"), "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    names = list(r["ms_per_item"])
+    assert names[0] == "RandSynthd" and "RandCropByLabelClassesd" in names and "RandAffined" in names
+    assert "RandSynthd" not in r["cached_transforms"] and "Spacingd" in r["cached_transforms"]
+    assert all(v > 0 for v in r["ms_per_item"].values())
+    assert r["data_s_per_epoch"] == pytest.approx(sum(r["ms_per_item"].values()) * 2 / 1e3)
+
+
+def test_steps_mode_times_the_training_step_of_each_recipe(tmp_path):
+    """--mode steps: both recipes' training step alone (mo_train.train_step, as fit() runs it) on random batches of
+    the recipe's shape; per-epoch seconds are the median step times the steps of an epoch."""
+    out = tmp_path / "s.json"
+    assert mo_fast_bench.main(["--mode", "steps", "--tiny", "--epochs", "1", "--n-train", "4",
+                               "--data-root", str(tmp_path / "data"), "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["recipes"]) == {"fast", "regular"} and r["steps_per_epoch"] == 2 and r["rows_per_step"] == 4
+    for x in r["recipes"].values():
+        assert x["ms_per_step"] > 0 and x["s_per_epoch_of_steps"] == pytest.approx(x["ms_per_step"] * 2 / 1e3)
+        assert x["amp"] is False    # CPU: no AMP, no channels_last
