@@ -168,7 +168,7 @@ def transform_times(a, dev: str, train, val) -> dict:
     """Mean ms per item of each transform after the cache boundary of the fast recipe's pipeline, on `dev`."""
     import numpy as np
     import torch
-    from monai.transforms import RandomizableTrait, Transform, apply_transform
+    from monai.transforms import Compose, RandomizableTrait, Transform, apply_transform
     import mo_transforms as T
     cfg = base_config(a.tiny)
     tfm = T.train_transforms(cfg["pixdim"], cfg["roi"], cfg["num_samples"], device=dev if dev.startswith("cuda") else None,
@@ -177,7 +177,7 @@ def transform_times(a, dev: str, train, val) -> dict:
     ts = tfm.transforms
     first = next(i for i, t in enumerate(ts) if isinstance(t, RandomizableTrait) or not isinstance(t, Transform))
     sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
-    cached = [apply_transform(Compose_(ts[:first]), {"gen": it["gen"], "label": it["label"]} if cfg["synth"] else it)
+    cached = [apply_transform(Compose(list(ts[:first])), {"gen": it["gen"], "label": it["label"]} if cfg["synth"] else it)
               for it in train]
     names = [type(t).__name__ for t in ts[first:]]
     ms = {n: [] for n in names}
@@ -242,11 +242,6 @@ def step_times(a, dev: str, train, val) -> dict:
               f"({steps_per_epoch} steps)", flush=True)
         del net, opt
     return res
-
-
-def Compose_(transforms):
-    from monai.transforms import Compose
-    return Compose(list(transforms))
 
 
 def main(argv=None) -> int:
