@@ -9,7 +9,8 @@ part "gptj_b1"    GPT-J-6B fp16, batch 1, 128-token prompt: Hugging Face eager, 
                   (fp16 against int8, 32 prompts, the fastest impl) - random weights say nothing about quality.
 part "gptj_batch" GPT-J-6B fp16 at batch 16 and 64, 128 in / 128 out (one CUDA graph per batch bucket): generated
                   tokens per second, end to end (context + decode) and decode only, and a kernel table of one decode
-                  step at the largest batch; the step's two merged GEMMs alone in cuBLAS at batch 1 and each batch,
+                  step at the largest batch; the largest batch again with each other decode attention (reduce /
+                  sdpa / bmm); the step's two merged GEMMs alone in cuBLAS at batch 1 and each batch,
                   both weight layouts (gemm_probe); the int8 "triton" runtime at the largest batch; HF eager at the
                   largest.
 part "t5"         T5-small (and optionally T5-base) fp16, batch 1, 8, 32, 128, greedy and beam 4: runtime against
@@ -64,7 +65,8 @@ FOLDER = "01_triton_gptj_t5"
 PARTS = ("gptj_b1", "gptj_batch", "t5")
 # seconds a part takes at full size on one H200 (estimates from the compile times seen there: ~30 s per
 # compiled GPT-J step shape, ~45 s to build GPT-J-6B): a part that does not fit the budget left is not started
-EST_S = {"gptj_b1": 360, "gptj_batch": 260, "t5": 240}
+EST_S = {"gptj_b1": 360, "gptj_batch": 320, "t5": 240}
+DECODE_ATTN = ("reduce", "sdpa", "bmm")   # ft_runtime_gptj's decode attentions (set_decode), compared in gptj_batch
 INT8_IMPLS = ("dequant", "int8pack", "triton")
 
 
@@ -237,6 +239,16 @@ def gptj_batch(big, cfg: dict, device: str, log: Callable) -> Dict:
         out["kernels"] = step_kernels(rt, rt.run_batch(big_b))
         for row in out["kernels"]:
             log(f"  {row[1]:8.3f} ms  x{row[2]:<5d} {row[0]}")
+    # the step's attention over the whole (padded) cache, each way the runtime can do it, at the largest batch
+    out["decode_attn"] = {rt.decode_attn: {"batch": big_b, **{k: rows[big_b][k] for k in ("ms_per_step", "tokens_per_s")}}}
+    for alt in [a for a in DECODE_ATTN if a != rt.decode_attn]:
+        try:
+            rt.set_decode(compile=rt.compile, cuda_graph=rt.cuda_graph, decode_attn=alt)
+            out["decode_attn"][alt] = timed(rt, big_b)
+            log(f"runtime batch {big_b}, decode attention {alt!r}", out["decode_attn"][alt])
+        except Exception:  # noqa: BLE001 - recorded; the default's rows still count
+            out["decode_attn"][alt] = {"error": traceback.format_exc()[-1500:]}
+            log(f"decode attention {alt!r} FAILED:\n", out["decode_attn"][alt]["error"])
     del rt
     _free(device)
     if cuda:   # do the GEMMs alone run at the memory bound at these batches, in either weight layout?

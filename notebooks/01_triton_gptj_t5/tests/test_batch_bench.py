@@ -28,6 +28,9 @@ def test_tiny_run_and_merge(tmp_path, capsys):
     assert [r["batch"] for r in r1["gptj_batch"]["runtime"]] == [3] and r1["gptj_batch"]["hf"]["batch"] == 3
     bt = r1["gptj_batch"]
     assert "int8_triton_error" not in bt and bt["int8_triton"]["batch"] == 3 and bt["int8_triton"]["w8_kernel"]["check_w2"]["rows"] == 3
+    # the largest batch again with every other decode attention, each timed (none failed)
+    assert set(bt["decode_attn"]) == set(ft_batch_bench.DECODE_ATTN)
+    assert all(r.get("ms_per_step", 0) > 0 and "error" not in r for r in bt["decode_attn"].values()), bt["decode_attn"]
     assert [(r["batch"], r["beam"]) for r in r2["t5"]["t5-tiny"]] == [(1, 1), (1, 4), (3, 1), (3, 4)]
     out = tmp_path / "merged.json"
     merged = ft_batch_bench.main(["--merge", str(a), str(b), "--out", str(out), "--note", "two toy runs"])
