@@ -5,6 +5,7 @@
     python mo_fast_bench.py --mode epoch [--out bench.json]          # per-epoch time of recipe variants
     python mo_fast_bench.py --mode transforms [--epochs 3]           # where a fast-recipe epoch's data time goes
     python mo_fast_bench.py --mode steps [--epochs 3]                # the training step alone, each recipe
+    python mo_fast_bench.py --mode profile [--recipes fast]          # torch.profiler over a recipe's epochs
     python mo_fast_bench.py --mode merge --inputs fast.json regular.json --out ttd.json   # --recipes runs
     add --tiny for a CPU-sized check (MNI152 at 6 mm, tiny UNet, 16^3 patches, low target)
 
@@ -22,6 +23,9 @@ transforms: the fast recipe's pipeline on the device, item by item: the cached (
 steps: the training step alone (mo_train.train_step: same network, loss, optimiser, precision and memory format
   as each recipe) on random batches of the recipe's shape (batch_size x num_samples patches), no data pipeline:
   ms per step and per epoch-worth of steps, beside the epoch time --mode epoch gives.
+profile: torch.profiler (CPU and CUDA) over mo_train.measure_epoch_time of each --recipes recipe (--epochs timed
+  epochs after a warm-up one, the cache fill included): the ops with the most self CPU time and the most device
+  time, as tables (a host-side stall - a sync, the data thread holding the GIL - shows as CPU time, not GPU time).
 ddp: the fast recipe under torchrun with 1 and N processes (one per GPU), same global batch, same epochs;
   epoch time of each, the speed-up, and the validation Dice of both runs.
 Results (JSON) name the machine: GPU model and count, CPU cores, torch version.
@@ -244,9 +248,29 @@ def step_times(a, dev: str, train, val) -> dict:
     return res
 
 
+def profile_epochs(a, dev: str, train, val) -> dict:
+    """Where a recipe's epochs spend their time, from torch.profiler's tables."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    import mo_train
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.startswith("cuda") else [])
+    res = {"mode": "profile", "epochs": a.epochs, "recipes": {}}
+    for recipe in a.recipes:
+        cfg = mo_train.Config(recipe=recipe, **base_config(a.tiny))
+        torch.manual_seed(0)
+        with profile(activities=acts) as prof:
+            r = mo_train.measure_epoch_time(cfg, train, dev, epochs=a.epochs)
+        ka = prof.key_averages()
+        by_cpu = ka.table(sort_by="self_cpu_time_total", row_limit=25)
+        by_dev = ka.table(sort_by="self_device_time_total", row_limit=25) if len(acts) > 1 else ""
+        res["recipes"][recipe] = {**r, "top_self_cpu": by_cpu, "top_self_device": by_dev}
+        print(f"== {recipe}: {json.dumps({k: round(v, 3) for k, v in r.items()})}\n{by_cpu}\n{by_dev}", flush=True)
+    return res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mode", choices=("time_to_dice", "ddp", "epoch", "transforms", "steps", "merge"), default="time_to_dice")
+    ap.add_argument("--mode", choices=("time_to_dice", "ddp", "epoch", "transforms", "steps", "profile", "merge"), default="time_to_dice")
     ap.add_argument("--recipes", nargs="+", choices=("fast", "regular"), default=["fast", "regular"])
     ap.add_argument("--inputs", nargs="+", default=[], help="merge: time_to_dice JSON files of single recipes")
     ap.add_argument("--out", default=None, help="JSON file (default: <mode>.json)")
@@ -275,7 +299,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     train, val = data(a.tiny, n_train, 2 if a.tiny else 4, Path(a.data_root))
     print(f"{len(train)} + {len(val)} synthetic subjects ready in {time.perf_counter() - t0:.0f} s", flush=True)
-    run = {"time_to_dice": time_to_dice, "ddp": ddp, "epoch": epoch_variants, "transforms": transform_times, "steps": step_times}[a.mode]
+    run = {"time_to_dice": time_to_dice, "ddp": ddp, "epoch": epoch_variants, "transforms": transform_times, "steps": step_times, "profile": profile_epochs}[a.mode]
     res = {"machine": machine(), "device": dev, **run(a, dev, train, val)}
     out.write_text(json.dumps(res, indent=1, default=str))
     print("wrote", out)

@@ -60,3 +60,12 @@ def test_steps_mode_times_the_training_step_of_each_recipe(tmp_path):
     for x in r["recipes"].values():
         assert x["ms_per_step"] > 0 and x["s_per_epoch_of_steps"] == pytest.approx(x["ms_per_step"] * 2 / 1e3)
         assert x["amp"] is False    # CPU: no AMP, no channels_last
+
+
+def test_profile_mode_writes_the_op_tables(tmp_path):
+    out = tmp_path / "p.json"
+    assert mo_fast_bench.main(["--mode", "profile", "--tiny", "--recipes", "fast", "--epochs", "1", "--n-train", "2",
+                               "--data-root", str(tmp_path / "data"), "--out", str(out)]) == 0
+    r = json.loads(out.read_text())["recipes"]
+    assert set(r) == {"fast"} and r["fast"]["epoch_seconds"] > 0
+    assert "Self CPU" in r["fast"]["top_self_cpu"] and "aten::" in r["fast"]["top_self_cpu"]
