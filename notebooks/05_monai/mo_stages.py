@@ -204,7 +204,8 @@ def ddp_piece(K: dict, D: dict, seed: int, nprocs=(1, 2), timeout: float = 1200)
         cfg = mo_train.Config(**{**base_config(K, seed), "recipe": "fast", "epochs": K["ddp_epochs"],
                                  "val_every": K["ddp_epochs"]})
         res = mo_ddp.compare_world_sizes(cfg, D["train"], D["val"], work / "runs", nprocs=tuple(nprocs),
-                                         global_batch=K["batch_size"], timeout=timeout)
+                                         global_batch=K["batch_size"], timeout=timeout,
+                                         sync_bn_run=K["size"] == "full")   # the GPU run: per-process BN or not
         shutil.rmtree(work / "runs")    # checkpoints of a timing run: not kept
         res["runs"] = {str(k): v for k, v in res["runs"].items()}
         return {**res, "config": asdict(cfg), "machine": machine()}
@@ -238,6 +239,6 @@ def expected_seconds(name: str, K: dict, device: str, nproc: int = 1) -> float:
     if name == "unetr":     # UNETR epoch: guessed at 4 UNet epochs; its time budget caps the piece anyway
         train = K["unetr_epochs"] * 4 * fast
         return fill + min(train, (K["unetr_budget_s"] or train) + 4 * fast) + 7 * val
-    if name == "ddp_compare":
-        return 2 * (20 + fill + K["ddp_epochs"] * fast + val)
+    if name == "ddp_compare":   # 1 process, 2 processes, and 2 with SyncBatchNorm: bounded by 3 one-process runs
+        return 3 * (20 + fill + K["ddp_epochs"] * fast + val)
     raise ValueError(f"unknown piece {name!r}")

@@ -50,6 +50,7 @@ class Config:
     max_steps_per_epoch: Optional[int] = None
     seed: int = 0
     synth: bool = False              # train on images synthesised from the items' "gen" label maps
+    sync_bn: bool = False            # under DDP on CUDA: BatchNorm statistics over all processes' patches
 
     def resolved_optimizer(self) -> str:
         return self.optimizer or ("adam" if self.recipe == "regular" else "sgd")
@@ -228,6 +229,10 @@ def fit(cfg: Config, train_items: Sequence[dict], val_items: Sequence[dict], dev
     mem_fmt = (torch.channels_last_3d if cfg.channels_last and cfg.recipe == "fast" and device.startswith("cuda")
                else torch.contiguous_format)
     net = net.to(memory_format=mem_fmt)
+    if cfg.sync_bn and world > 1:
+        if not device.startswith("cuda"):   # torch's SyncBatchNorm runs on CUDA only
+            raise ValueError("sync_bn needs CUDA devices (torch.nn.SyncBatchNorm); this run is on " + device)
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     model = net
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(

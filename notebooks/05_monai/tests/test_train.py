@@ -60,7 +60,9 @@ def test_ddp_one_and_two_processes_same_global_batch(synth_subjects, tmp_path):
     cfg = mo_train.Config(recipe="fast", pixdim=6.0, roi=16, num_samples=2, epochs=1, val_every=1, cache_workers=1,
                           synth=True)
     res = mo_ddp.compare_world_sizes(cfg, synth_subjects[:2], synth_subjects[2:], tmp_path, nprocs=(1, 2),
-                                     global_batch=2, timeout=300)
+                                     global_batch=2, timeout=300, sync_bn_run=True)
+    # the SyncBatchNorm run needs CUDA: on a CPU its processes refuse it, and the failure is recorded, not raised
+    assert "sync_bn needs CUDA" in res["sync_bn"]["error"]
     assert [r["world_size"] for r in res["runs"].values()] == [1, 2]
     assert [r["per_process_batch"] for r in res["runs"].values()] == [2, 1]
     assert all(len(r["epoch_seconds"]) == 1 and len(r["val_dice"]) == 2 for r in res["runs"].values())
