@@ -240,7 +240,7 @@ def gptj_batch(big, cfg: dict, device: str, log: Callable) -> Dict:
         for row in out["kernels"]:
             log(f"  {row[1]:8.3f} ms  x{row[2]:<5d} {row[0]}")
     # the step's attention over the whole (padded) cache, each way the runtime can do it, at the largest batch
-    out["decode_attn"] = {rt.decode_attn: {"batch": big_b, **{k: rows[big_b][k] for k in ("ms_per_step", "tokens_per_s")}}}
+    out["decode_attn"] = {rt.decode_attn: rows[big_b]}
     for alt in [a for a in DECODE_ATTN if a != rt.decode_attn]:
         try:
             rt.set_decode(compile=rt.compile, cuda_graph=rt.cuda_graph, decode_attn=alt)

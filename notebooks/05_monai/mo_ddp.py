@@ -77,18 +77,13 @@ def compare_world_sizes(cfg, train_items, val_items, out: Path, nprocs=(1, 2), g
     after the first epoch), the validation Dice of each run and the speed-up of the largest over 1.
     sync_bn_run: also the N-process run with SyncBatchNorm (CUDA only; its failure is recorded)."""
     from dataclasses import replace
-    import numpy as np
     res = {}
     for n in nprocs:
         if global_batch % n:
             raise ValueError(f"global batch {global_batch} does not split over {n} processes")
         c = replace(cfg, batch_size=global_batch // n)
         hist, _, _ = launch(c, train_items, val_items, Path(out) / f"np{n}", nproc=n, timeout=timeout)
-        res[n] = {"world_size": hist.world_size, "per_process_batch": c.batch_size,
-                  "epoch_s": float(np.median(hist.epoch_seconds[1:] or hist.epoch_seconds)),
-                  "epoch_seconds": hist.epoch_seconds,
-                  "val_dice": hist.val_dice[-1] if hist.val_dice else None,
-                  "val_mean_dice": float(np.mean(hist.val_dice[-1])) if hist.val_dice else None}
+        res[n] = {**_run_record(hist), "per_process_batch": c.batch_size, "epoch_seconds": hist.epoch_seconds}
     n_max = max(nprocs)
     summary = {"runs": res, "global_batch": global_batch}
     if 1 in res and n_max != 1:
@@ -100,11 +95,18 @@ def compare_world_sizes(cfg, train_items, val_items, out: Path, nprocs=(1, 2), g
     return summary
 
 
+def _run_record(hist) -> dict:
+    """World size, epoch time (median after the first epoch) and the last validation Dice of one run."""
+    import numpy as np
+    return {"world_size": hist.world_size, "epoch_s": float(np.median(hist.epoch_seconds[1:] or hist.epoch_seconds)),
+            "val_dice": hist.val_dice[-1] if hist.val_dice else None,
+            "val_mean_dice": float(np.mean(hist.val_dice[-1])) if hist.val_dice else None}
+
+
 def _sync_bn_run(cfg, train_items, val_items, out: Path, n: int, global_batch: int, timeout, one: Optional[dict]) -> dict:
     """The n-process run again with SyncBatchNorm (statistics over all processes' patches, as one process has):
     does per-process BatchNorm explain the 1- vs n-process Dice difference? A failure is recorded, not raised."""
     from dataclasses import replace
-    import numpy as np
     try:
         hist, _, _ = launch(replace(cfg, batch_size=global_batch // n, sync_bn=True), train_items, val_items,
                             Path(out) / f"np{n}_sync_bn", nproc=n, timeout=timeout)
@@ -112,9 +114,7 @@ def _sync_bn_run(cfg, train_items, val_items, out: Path, n: int, global_batch: i
         msg = str(e)   # torchrun's report ends in its own wrapper frames: keep the processes' exception lines too
         causes = list(dict.fromkeys(l.strip() for l in msg.splitlines() if re.search(r"\w+(Error|Exception): \S", l)))
         return {"error": "\n".join(causes[:3] + ["...", msg[-800:]])}
-    r = {"world_size": hist.world_size, "epoch_s": float(np.median(hist.epoch_seconds[1:] or hist.epoch_seconds)),
-         "val_dice": hist.val_dice[-1] if hist.val_dice else None,
-         "val_mean_dice": float(np.mean(hist.val_dice[-1])) if hist.val_dice else None}
+    r = _run_record(hist)
     if one and one["val_mean_dice"] is not None and r["val_mean_dice"] is not None:
         r["val_mean_dice_difference"] = abs(one["val_mean_dice"] - r["val_mean_dice"])
         r["epoch_speedup"] = one["epoch_s"] / r["epoch_s"]

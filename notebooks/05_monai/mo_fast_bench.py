@@ -14,8 +14,8 @@ Data and model are the notebook's full profile: SynthSeg-style synthetic subject
 time_to_dice: the fast recipe, then the regular one, each until the validation mean GM/WM Dice reaches the
   target (or max epochs, or --time-budget-s), validating every epoch; seconds to target include the cache
   fill, as MONAI's fast-training guide counts them. Also the per-epoch ratio and the precision/optimiser of
-  each recipe. If only the fast recipe reaches the target, the regular run's elapsed time gives a lower
-  bound of the speed-up (fast_vs_regular_time_to_dice_speedup_lower_bound).
+  each recipe. If only one recipe reaches the target, the other run's elapsed time bounds the speed-up
+  (mo_train.race_speedups: fast_vs_regular_time_to_dice_speedup_lower_bound / _upper_bound).
 transforms: the fast recipe's pipeline on the device, item by item: the cached (deterministic) part once, then
   each transform from the first random one on (RandSynthd, ScalePercentilesd, the crops, RandAffined, ...) timed
   with the device synchronised around it, over --epochs passes of the training subjects; mean ms per item of
@@ -90,12 +90,8 @@ def speedups(res: dict) -> dict:
     """Per-epoch and time-to-target ratios of regular over fast (when both are there)."""
     if not {"regular", "fast"} <= set(res):
         return {}
-    reg, fast = res["regular"], res["fast"]
-    out = {"fast_vs_regular_epoch_speedup": reg["epoch_s"] / fast["epoch_s"],
-           "fast_vs_regular_time_to_dice_speedup": (reg["time_to_target_s"] / fast["time_to_target_s"]
-                                                    if reg["time_to_target_s"] and fast["time_to_target_s"] else None)}
-    if fast["time_to_target_s"] and not reg["time_to_target_s"]:   # regular stopped short: a lower bound
-        out["fast_vs_regular_time_to_dice_speedup_lower_bound"] = reg["elapsed_s"] / fast["time_to_target_s"]
+    import mo_train
+    out = mo_train.race_speedups(res)
     print("fast vs regular:", json.dumps({k: v if v is None else round(v, 2) for k, v in out.items()}))
     return out
 
@@ -172,16 +168,16 @@ def transform_times(a, dev: str, train, val) -> dict:
     """Mean ms per item of each transform after the cache boundary of the fast recipe's pipeline, on `dev`."""
     import numpy as np
     import torch
-    from monai.transforms import Compose, RandomizableTrait, Transform, apply_transform
+    from monai.transforms import RandomizableTrait, Transform, apply_transform
     import mo_transforms as T
     cfg = base_config(a.tiny)
     tfm = T.train_transforms(cfg["pixdim"], cfg["roi"], cfg["num_samples"], device=dev if dev.startswith("cuda") else None,
                              synth=cfg["synth"])
     tfm.set_random_state(seed=0)
-    ts = tfm.transforms
-    first = next(i for i, t in enumerate(ts) if isinstance(t, RandomizableTrait) or not isinstance(t, Transform))
+    ts = tfm.transforms   # the cache boundary and the cached part exactly as monai.data.CacheDataset computes them
+    first = tfm.get_index_of_first(lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform))
     sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
-    cached = [apply_transform(Compose(list(ts[:first])), {"gen": it["gen"], "label": it["label"]} if cfg["synth"] else it)
+    cached = [tfm({"gen": it["gen"], "label": it["label"]} if cfg["synth"] else it, end=first, threading=True)
               for it in train]
     names = [type(t).__name__ for t in ts[first:]]
     ms = {n: [] for n in names}
@@ -207,7 +203,6 @@ def step_times(a, dev: str, train, val) -> dict:
     """ms per training step of each recipe on random batches of its shape (the network alone, no data)."""
     import numpy as np
     import torch
-    from monai.losses import DiceCELoss
     import mo_train
     base = base_config(a.tiny)
     rows = base["batch_size"] * base["num_samples"]
@@ -220,15 +215,9 @@ def step_times(a, dev: str, train, val) -> dict:
     for recipe in ("fast", "regular"):
         cfg = mo_train.Config(recipe=recipe, **base)
         torch.manual_seed(0)
-        net = mo_train.make_net(cfg.net, cfg.size, cfg.roi).to(dev)
-        fmt = torch.channels_last_3d if cfg.channels_last and recipe == "fast" and cuda else torch.contiguous_format
-        net = net.to(memory_format=fmt).train()
+        net, fmt, amp, scaler, loss_fn = mo_train.step_parts(cfg, mo_train.make_net(cfg.net, cfg.size, cfg.roi), dev)
+        net.train()
         opt = mo_train.make_optimizer(cfg, net)
-        amp = cfg.resolved_amp() and cuda
-        if cuda:
-            torch.backends.cudnn.benchmark = recipe == "fast"
-        scaler = torch.amp.GradScaler("cuda", enabled=amp)
-        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         xs, ys = (x.to(dev), y.to(dev)) if cuda else (x, y)
         times = []
         for i in range(3 + a.epochs * steps_per_epoch):     # the first 3 warm up (cuDNN's benchmark picks kernels)

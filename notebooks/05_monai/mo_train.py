@@ -214,7 +214,6 @@ def fit(cfg: Config, train_items: Sequence[dict], val_items: Sequence[dict], dev
         checkpoint: Optional[Path] = None) -> tuple:
     """Train with the recipe in `cfg`; return (net, History). Works single-process or under DDP
     (only rank 0 validates and writes the checkpoint)."""
-    from monai.losses import DiceCELoss
     import mo_data
     dist, rank, world = _dist()
     mo_data.check_items(list(train_items) + list(val_items), NUM_CLASSES)   # bad label maps fail here, by name
@@ -225,10 +224,7 @@ def fit(cfg: Config, train_items: Sequence[dict], val_items: Sequence[dict], dev
     if val_ds is not None:
         hist.val_baseline = [float(v) for v in baseline_dice(val_ds)]
     net = net if net is not None else make_net(cfg.net, cfg.size, cfg.roi)
-    net = net.to(device)
-    mem_fmt = (torch.channels_last_3d if cfg.channels_last and cfg.recipe == "fast" and device.startswith("cuda")
-               else torch.contiguous_format)
-    net = net.to(memory_format=mem_fmt)
+    net, mem_fmt, use_amp, scaler, loss_fn = step_parts(cfg, net, device)
     if cfg.sync_bn and world > 1:
         if not device.startswith("cuda"):   # torch's SyncBatchNorm runs on CUDA only
             raise ValueError("sync_bn needs CUDA devices (torch.nn.SyncBatchNorm); this run is on " + device)
@@ -239,11 +235,6 @@ def fit(cfg: Config, train_items: Sequence[dict], val_items: Sequence[dict], dev
             net, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
     opt = make_optimizer(cfg, net)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    use_amp = cfg.resolved_amp() and device.startswith("cuda")
-    if device.startswith("cuda"):     # the fast recipe lets cuDNN pick the fastest kernels for the fixed patch size
-        torch.backends.cudnn.benchmark = cfg.recipe == "fast"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     train_start = time.perf_counter()
     epochs = range(cfg.epochs)
     if progress is not None and rank == 0:
@@ -281,6 +272,20 @@ def fit(cfg: Config, train_items: Sequence[dict], val_items: Sequence[dict], dev
     if rank == 0 and checkpoint is not None:
         save_checkpoint(net, cfg, checkpoint)
     return net, hist
+
+
+def step_parts(cfg: Config, net: torch.nn.Module, device: str) -> tuple:
+    """What a recipe's training step runs with: (net on `device` in the recipe's memory format, that format, AMP
+    on/off, the GradScaler, the DiceCE loss). Sets cuDNN's benchmark flag for the recipe on CUDA (the fast recipe
+    lets cuDNN pick the fastest kernels for its fixed patch size)."""
+    from monai.losses import DiceCELoss
+    cuda = device.startswith("cuda")
+    mem_fmt = torch.channels_last_3d if cfg.channels_last and cfg.recipe == "fast" and cuda else torch.contiguous_format
+    use_amp = cfg.resolved_amp() and cuda
+    if cuda:
+        torch.backends.cudnn.benchmark = cfg.recipe == "fast"
+    return (net.to(device).to(memory_format=mem_fmt), mem_fmt, use_amp, torch.amp.GradScaler("cuda", enabled=use_amp),
+            DiceCELoss(to_onehot_y=True, softmax=True))
 
 
 def train_step(model, x, y, opt, scaler, loss_fn, device: str, use_amp: bool, mem_fmt) -> torch.Tensor:
@@ -362,4 +367,19 @@ def race(cfgs: Dict[str, Config], train_items, val_items, device: str, target: f
                      "epoch_s": float(np.median(h.epoch_seconds[1:] or h.epoch_seconds)),
                      "epochs_run": len(h.epoch_seconds), "final_val_dice": h.val_dice[-1],
                      "val_threshold_baseline": h.val_baseline, "history": asdict(h)}
+    return out
+
+
+def race_speedups(res: Dict[str, dict]) -> dict:
+    """Regular over fast, from race() results of both: per epoch, and in time to the target when both reached
+    it; when only one did, the other's elapsed time bounds the speed-up (regular stopped short: from below; fast
+    stopped short: from above)."""
+    reg, fast = res["regular"], res["fast"]
+    rt, ft = reg["time_to_target_s"], fast["time_to_target_s"]
+    out = {"fast_vs_regular_epoch_speedup": reg["epoch_s"] / fast["epoch_s"],
+           "fast_vs_regular_time_to_dice_speedup": rt / ft if rt and ft else None}
+    if ft and not rt:
+        out["fast_vs_regular_time_to_dice_speedup_lower_bound"] = reg["elapsed_s"] / ft
+    if rt and not ft:
+        out["fast_vs_regular_time_to_dice_speedup_upper_bound"] = rt / fast["elapsed_s"]
     return out

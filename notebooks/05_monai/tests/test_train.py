@@ -120,3 +120,19 @@ def test_fit_refuses_bad_label_maps_up_front_naming_the_file(subjects, tmp_path,
         mo_train.fit(cfg, items, [], "cpu", checkpoint=tmp_path / "ck.pt")
     assert str(bad) in str(err.value) and words in str(err.value), str(err.value)
     assert not (tmp_path / "ck.pt").exists()
+
+
+def test_race_speedups_ratio_or_bound():
+    """Regular over fast: a ratio when both reached the target; otherwise the run that stopped short bounds it."""
+    run = lambda ttt, elapsed, epoch: {"time_to_target_s": ttt, "elapsed_s": elapsed, "epoch_s": epoch}
+    both = mo_train.race_speedups({"regular": run(200.0, 200.0, 4.0), "fast": run(20.0, 20.0, 1.0)})
+    assert both == {"fast_vs_regular_epoch_speedup": 4.0, "fast_vs_regular_time_to_dice_speedup": 10.0}
+    reg_short = mo_train.race_speedups({"regular": run(None, 300.0, 4.0), "fast": run(20.0, 20.0, 1.0)})
+    assert reg_short["fast_vs_regular_time_to_dice_speedup"] is None
+    assert reg_short["fast_vs_regular_time_to_dice_speedup_lower_bound"] == 15.0
+    assert "fast_vs_regular_time_to_dice_speedup_upper_bound" not in reg_short
+    fast_short = mo_train.race_speedups({"regular": run(235.0, 235.0, 4.49), "fast": run(None, 154.0, 3.89)})
+    assert fast_short["fast_vs_regular_time_to_dice_speedup_upper_bound"] == pytest.approx(235.0 / 154.0)
+    assert "fast_vs_regular_time_to_dice_speedup_lower_bound" not in fast_short
+    neither = mo_train.race_speedups({"regular": run(None, 300.0, 4.0), "fast": run(None, 300.0, 1.0)})
+    assert set(neither) == {"fast_vs_regular_epoch_speedup", "fast_vs_regular_time_to_dice_speedup"}
