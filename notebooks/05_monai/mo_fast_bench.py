@@ -139,21 +139,22 @@ def epoch_variants(a, dev: str, train, val) -> dict:
     def cpu_grid_random_part(*args, device=None, **kw):   # the previous code: RandAffined grid built on the CPU
         return orig_random_part(*args, **kw)
 
-    variants = [  # (name, recipe, torch threads in this process, channels_last, affine grid on the GPU)
-        ("regular", "regular", min(4, ncpu), False, False),
-        ("fast_cpu_affine_grid", "fast", min(4, ncpu), True, False),
-        ("fast_no_channels_last", "fast", min(4, ncpu), False, True),
-        ("fast", "fast", min(4, ncpu), True, True),
+    variants = [  # (name, recipe, torch threads in this process, channels_last, affine grid on the GPU, synth)
+        ("regular", "regular", min(4, ncpu), False, False, True),
+        ("fast_cpu_affine_grid", "fast", min(4, ncpu), True, False, True),
+        ("fast_no_channels_last", "fast", min(4, ncpu), False, True, True),
+        ("fast_fixed_images", "fast", min(4, ncpu), True, True, False),   # one image per subject, cached: no RandSynthd
+        ("fast", "fast", min(4, ncpu), True, True, True),
     ]
     res = {"mode": "epoch", "variants": {}}
     try:
-        for name, recipe, threads, cl, gpu_grid in variants:
+        for name, recipe, threads, cl, gpu_grid, synth in variants:
             torch.set_num_threads(threads)
             mo_transforms.random_part = orig_random_part if gpu_grid else cpu_grid_random_part
-            cfg = mo_train.Config(recipe=recipe, channels_last=cl, **base_config(a.tiny))
+            cfg = mo_train.Config(recipe=recipe, channels_last=cl, **{**base_config(a.tiny), "synth": synth})
             torch.manual_seed(0)
             r = mo_train.measure_epoch_time(cfg, train, dev, epochs=a.epochs)
-            r.update(threads=threads, channels_last=cl, gpu_affine_grid=gpu_grid)
+            r.update(threads=threads, channels_last=cl, gpu_affine_grid=gpu_grid, synth=synth)
             res["variants"][name] = r
             print(name, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
     finally:
