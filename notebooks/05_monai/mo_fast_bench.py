@@ -1,6 +1,7 @@
 """The two training recipes measured on their own, without the rest of the notebook.
 
     python mo_fast_bench.py --mode time_to_dice [--target 0.85] [--max-epochs 300] [--out ttd.json]
+        [--notebook-data] [--optimizer adam --lr 1e-3]       # the notebook's race data; another optimiser
     python mo_fast_bench.py --mode ddp [--nproc 1 2] [--epochs 6] [--out ddp.json]
     python mo_fast_bench.py --mode epoch [--out bench.json]          # per-epoch time of recipe variants
     python mo_fast_bench.py --mode transforms [--epochs 3]           # where a fast-recipe epoch's data time goes
@@ -60,6 +61,15 @@ def data(tiny: bool, n_train: int, n_val: int, root: Path):
     return items[:n_train], items[n_train:]
 
 
+def notebook_data(tiny: bool, root: Path):
+    """(train items, validation items, Config fields) exactly as the notebook's race uses them (mo_stages: the
+    full or tiny profile's subjects, seed 0), so a variant's time to Dice sits beside the notebook's."""
+    import mo_stages as S
+    K = S.params("tiny" if tiny else "full")
+    D = S.data(K, root / f"notebook_{'tiny' if tiny else 'full'}", 0)
+    return D["train"], D["val"], S.base_config(K, 0)
+
+
 def base_config(tiny: bool) -> dict:
     if tiny:
         return dict(net="unet", size="tiny", pixdim=6.0, roi=16, num_samples=2, batch_size=2, num_workers=0,
@@ -70,7 +80,7 @@ def base_config(tiny: bool) -> dict:
 
 def time_to_dice(a, dev: str, train, val) -> dict:
     import mo_train
-    base = base_config(a.tiny)
+    base = {**(a.base or base_config(a.tiny)), **{k: v for k, v in (("optimizer", a.optimizer), ("lr", a.lr)) if v}}
     cfgs = {r: mo_train.Config(recipe=r, **base) for r in ("regular", "fast")}
     res = {}
     for r in a.recipes:      # fast first by default: its time bounds what the regular run has to be compared with
@@ -273,6 +283,11 @@ def main(argv=None) -> int:
     ap.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--global-batch", type=int, default=2)
     ap.add_argument("--n-train", type=int, default=None)
+    ap.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default=None,
+                    help="time_to_dice: this optimiser for the recipes run (default: each recipe's own)")
+    ap.add_argument("--lr", type=float, default=None, help="time_to_dice: this learning rate (default: the recipe's)")
+    ap.add_argument("--notebook-data", action="store_true",
+                    help="time_to_dice: the notebook's subjects and settings (mo_stages, seed 0) instead of the bench's")
     ap.add_argument("--data-root", default=os.environ.get("MO_BENCH_DATA", str(Path(tempfile.gettempdir()) / "mo_bench")))
     a = ap.parse_args(argv)
     a.target = a.target if a.target is not None else (0.2 if a.tiny else 0.85)
@@ -287,7 +302,11 @@ def main(argv=None) -> int:
     import torch
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.perf_counter()
-    train, val = data(a.tiny, n_train, 2 if a.tiny else 4, Path(a.data_root))
+    a.base = None
+    if a.notebook_data:
+        train, val, a.base = notebook_data(a.tiny, Path(a.data_root))
+    else:
+        train, val = data(a.tiny, n_train, 2 if a.tiny else 4, Path(a.data_root))
     print(f"{len(train)} + {len(val)} synthetic subjects ready in {time.perf_counter() - t0:.0f} s", flush=True)
     run = {"time_to_dice": time_to_dice, "ddp": ddp, "epoch": epoch_variants, "transforms": transform_times, "steps": step_times, "profile": profile_epochs}[a.mode]
     res = {"machine": machine(), "device": dev, **run(a, dev, train, val)}

@@ -69,3 +69,18 @@ def test_profile_mode_writes_the_op_tables(tmp_path):
     r = json.loads(out.read_text())["recipes"]
     assert set(r) == {"fast"} and r["fast"]["epoch_seconds"] > 0
     assert "Self CPU" in r["fast"]["top_self_cpu"] and "aten::" in r["fast"]["top_self_cpu"]
+
+
+def test_time_to_dice_on_the_notebooks_data_with_another_optimiser(tmp_path):
+    """--notebook-data races on the notebook's own subjects and settings (mo_stages, tiny profile here: 6 mm,
+    2 train + 1 validation subject); --optimizer/--lr replace the recipe's own and are recorded."""
+    import mo_stages
+    out = tmp_path / "ttd.json"
+    assert mo_fast_bench.main(["--mode", "time_to_dice", "--tiny", "--notebook-data", "--recipes", "fast",
+                               "--optimizer", "adam", "--lr", "0.002", "--target", "0.0", "--max-epochs", "1",
+                               "--data-root", str(tmp_path / "data"), "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    K = mo_stages.params("tiny")
+    cfg = r["config"]["fast"]
+    assert (cfg["optimizer"], cfg["lr"], cfg["pixdim"], cfg["roi"]) == ("adam", 0.002, K["pixdim"], K["roi"])
+    assert len(r["results"]["fast"]["val_threshold_baseline"]) == 2 and "fast_vs_regular_time_to_dice_speedup" not in r
