@@ -70,6 +70,21 @@ def direct(model, prompt: Sequence[int], output_len: int, batches: Sequence[int]
     return rows
 
 
+def load_table(res: dict) -> list:
+    """One row per client count of measure()'s "load": served tokens/s, p50/p99 latency, requests merged per
+    execution and failures, beside the direct runtime at batch = clients (same prompt and output length, same
+    process) and the served/direct ratio; [] when the run had no load."""
+    direct_tps = {r["batch"]: r["tokens_per_s"] for r in res.get("direct", [])}
+    rows = []
+    for r in res.get("load", []):
+        d = direct_tps.get(r["clients"])
+        rows.append({"clients": r["clients"], "served_tokens_per_s": r["tokens_per_s"], "p50_ms": r["p50_ms"],
+                     "p99_ms": r["p99_ms"], "requests_per_execution": r.get("requests_per_execution"),
+                     "failed": r["failed"], "direct_tokens_per_s": d,
+                     "served_over_direct": r["tokens_per_s"] / d if d else None})
+    return rows
+
+
 def measure(model, work: Path, prompt: Sequence[int], output_lens: Sequence[int] = (8, 64), repeat: int = 10,
             per_token_repeat: int = 3, device: str = "cuda", data_type: str = "fp16", start_timeout: float = 900.0,
             log=print, max_batch_size: int = 1, clients: Sequence[int] = (), requests_per_client: int = 4,
@@ -160,7 +175,8 @@ def main(argv=None) -> None:
     res["machine"] = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "python": sys.version.split()[0]}
     res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     res["total_s"] = time.perf_counter() - t0
-    Path(a.out).write_text(json.dumps(res, indent=1))
+    from labkit.paths import atomic_write_text      # the notebook loads this file: never a half-written one
+    atomic_write_text(Path(a.out), json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
 
 

@@ -19,6 +19,12 @@ def test_concurrent_clients_are_batched(tmp_path, gptj_model):
     assert res["load"][0]["requests_per_execution"] == 1.0       # one client: nothing to merge
     assert res["load"][1]["requests_per_execution"] > 1.0        # three at once: the batcher merged some
     assert 'max_batch_size: 4' in (tmp_path / "model_repository_gpu" / "gptj" / "config.pbtxt").read_text()
+    rows = ft_served_gpu.load_table(res)        # what the notebook shows: served beside direct, per client count
+    assert [r["clients"] for r in rows] == [1, 3]
+    for row, load, direct in zip(rows, res["load"], res["direct"]):
+        assert row["served_tokens_per_s"] == load["tokens_per_s"] and row["direct_tokens_per_s"] == direct["tokens_per_s"]
+        assert row["served_over_direct"] == pytest.approx(load["tokens_per_s"] / direct["tokens_per_s"])
+    assert ft_served_gpu.load_table({"overhead": {}, "per_token": {}}) == []     # a run without clients
 
 
 def test_more_clients_than_the_batch_is_refused(tmp_path, gptj_model):
