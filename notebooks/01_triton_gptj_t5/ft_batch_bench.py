@@ -30,6 +30,7 @@ batch_bench.json (the --out default):
     python ft_batch_bench.py --stage --parts gptj_b1 --out b1.json
     python ft_batch_bench.py --stage --parts gptj_batch,t5 --out bt.json
     python ft_batch_bench.py --stage --merge b1.json bt.json
+(ci/gpu_full_01.sh runs these, the served measurement and then the whole notebook, in that order.)
 
 The output's "metrics" holds the scalar keys results/full.json takes (gptj_ms_per_token, gptj_int8_ms_per_token,
 gptj_int8_token_agreement, gptj_batch64_tokens_per_s, t5_small_batch_speedup_vs_hf, ...), "bench" the tables,

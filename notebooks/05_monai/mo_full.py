@@ -17,6 +17,7 @@ nibabel 5.4.2, pydicom 3.0.2, fire 0.7.1, termcolor 3.3.0: pure-Python wheels at
 versions, 7.2 MB) beside the lead's `.whl` and `data/mni152`, then from the repository root:
     source ci/gpu_image_env.sh .whl && python3 -m pip install -q --no-index --no-deps --no-compile \
         --target "$LABKIT_GPU_SITE" .whl_05/*.whl && cd notebooks/05_monai && python3 mo_full.py --budget-s 480
+ci/gpu_full_05.sh runs the whole sequence (--ddp when two GPUs are there, the one-GPU pieces, then the notebook).
 """
 from __future__ import annotations
 
