@@ -80,7 +80,7 @@ def base_config(tiny: bool) -> dict:
 
 def time_to_dice(a, dev: str, train, val) -> dict:
     import mo_train
-    base = {**(a.base or base_config(a.tiny)), **{k: v for k, v in (("optimizer", a.optimizer), ("lr", a.lr)) if v}}
+    base = {**(a.base or base_config(a.tiny)), **{k: v for k, v in (("optimizer", a.optimizer), ("lr", a.lr)) if v is not None}}
     cfgs = {r: mo_train.Config(recipe=r, **base) for r in ("regular", "fast")}
     res = {}
     for r in a.recipes:      # fast first by default: its time bounds what the regular run has to be compared with
@@ -290,6 +290,10 @@ def main(argv=None) -> int:
                     help="time_to_dice: the notebook's subjects and settings (mo_stages, seed 0) instead of the bench's")
     ap.add_argument("--data-root", default=os.environ.get("MO_BENCH_DATA", str(Path(tempfile.gettempdir()) / "mo_bench")))
     a = ap.parse_args(argv)
+    if a.mode != "time_to_dice" and (a.optimizer or a.lr is not None or a.notebook_data):
+        ap.error("--optimizer, --lr and --notebook-data are for --mode time_to_dice")
+    if a.lr is not None and not a.lr > 0:
+        ap.error(f"--lr must be > 0, got {a.lr}")
     a.target = a.target if a.target is not None else (0.2 if a.tiny else 0.85)
     a.max_epochs = a.max_epochs or (4 if a.tiny else 300)
     a.epochs = a.epochs or (2 if a.tiny else 6)

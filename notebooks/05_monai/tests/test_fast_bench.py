@@ -84,3 +84,12 @@ def test_time_to_dice_on_the_notebooks_data_with_another_optimiser(tmp_path):
     cfg = r["config"]["fast"]
     assert (cfg["optimizer"], cfg["lr"], cfg["pixdim"], cfg["roi"]) == ("adam", 0.002, K["pixdim"], K["roi"])
     assert len(r["results"]["fast"]["val_threshold_baseline"]) == 2 and "fast_vs_regular_time_to_dice_speedup" not in r
+
+
+@pytest.mark.parametrize("args, msg", [(["--mode", "steps", "--optimizer", "adam"], "are for --mode time_to_dice"),
+                                       (["--mode", "epoch", "--notebook-data"], "are for --mode time_to_dice"),
+                                       (["--lr", "0"], "--lr must be > 0"), (["--lr", "nan"], "--lr must be > 0")])
+def test_bad_arguments_are_refused_by_name(args, msg, capsys):
+    with pytest.raises(SystemExit):
+        mo_fast_bench.main(args)
+    assert msg in capsys.readouterr().err
