@@ -365,11 +365,9 @@ def metrics(res: dict) -> dict:
         m[f"gptj_batch{last['batch']}_speedup_vs_hf"] = bt["speedup_vs_hf"]
         if bt.get("int8_triton"):
             m[f"gptj_batch{last['batch']}_int8_tokens_per_s"] = bt["int8_triton"]["tokens_per_s"]
-        timed = {a: r for a, r in bt.get("decode_attn", {}).items() if "tokens_per_s" in r}
-        for a, r in timed.items():   # the same batch with each decode attention the runtime has (headline: its default)
-            m[f"gptj_batch{last['batch']}_tokens_per_s_attn_{a}"] = r["tokens_per_s"]
-        if timed:
-            m[f"gptj_batch{last['batch']}_fastest_attention"] = max(timed, key=lambda a: timed[a]["tokens_per_s"])
+        for a, r in bt.get("decode_attn", {}).items():   # the same batch with each decode attention (headline: default)
+            if "tokens_per_s" in r:
+                m[f"gptj_batch{last['batch']}_tokens_per_s_attn_{a}"] = r["tokens_per_s"]
     t5 = res.get("t5")
     if t5:
         for arch, rows in t5.items():

@@ -104,7 +104,7 @@ def test_bound_table_grows_with_batch_until_the_kv_cache_weighs():
 def test_batch64_goal_names_a_faster_decode_attention_only_when_there_is_one():
     base = {"gptj_batch64_tokens_per_s": 7700.0, "gptj_batch64_tokens_per_s_attn_reduce": 7700.0}
     why = lambda m: {r["metric"]: r for r in R.goals(m)}["gptj_batch64_tokens_per_s"]["why"]   # noqa: E731
-    faster = {**base, "gptj_batch64_tokens_per_s_attn_sdpa": 8100.0, "gptj_batch64_fastest_attention": "sdpa"}
+    faster = {**base, "gptj_batch64_tokens_per_s_attn_sdpa": 8100.0, "gptj_batch64_tokens_per_s_attn_bmm": 7000.0}
     assert why(faster).endswith("; decode attention 'sdpa': 8,100 tokens/s")
-    assert "decode attention" not in why({**base, "gptj_batch64_fastest_attention": "reduce"})   # the default itself
+    assert "decode attention" not in why({**base, "gptj_batch64_tokens_per_s_attn_bmm": 7000.0})   # the default is fastest
     assert {r["metric"]: r for r in R.goals(faster)}["gptj_batch64_tokens_per_s"]["measured"] == 7700.0
