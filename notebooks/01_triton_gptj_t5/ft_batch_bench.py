@@ -324,6 +324,12 @@ def t5_tables(archs, cfg: dict, device: str, dtype, log: Callable) -> Dict:
     return out
 
 
+def _split(m: dict, prefix: str, kernels, step_ms: float) -> None:
+    """<prefix>_gemm_ms / _other_kernel_ms / _gap_ms: a decode step's kernel table split (ft_roofline.kernel_split)."""
+    k = ft_roofline.kernel_split(kernels, step_ms)
+    m.update({f"{prefix}_gemm_ms": k["gemm_ms"], f"{prefix}_other_kernel_ms": k["other_ms"], f"{prefix}_gap_ms": k["gap_ms"]})
+
+
 def metrics(res: dict) -> dict:
     """The scalar keys for results/full.json, from whichever parts are present."""
     m = {}
@@ -352,6 +358,9 @@ def metrics(res: dict) -> dict:
             m["gptj_int8_triton_gemv_tb_per_s"] = tb
             if res.get("copy_tb_per_s"):
                 m["gptj_int8_triton_gemv_fraction_of_copy"] = tb / res["copy_tb_per_s"]
+        for name, prefix in (("runtime", "gptj_step"), (best, "gptj_int8_step")):   # where a step's time goes
+            if name and bench.get(name, {}).get("kernels"):
+                _split(m, prefix, bench[name]["kernels"], bench[name]["ms_per_token"])
         q = b1.get("int8_quality")
         if q:
             m["gptj_int8_token_agreement"] = q["token_agreement"]
@@ -365,6 +374,8 @@ def metrics(res: dict) -> dict:
         m[f"gptj_batch{last['batch']}_speedup_vs_hf"] = bt["speedup_vs_hf"]
         if bt.get("int8_triton"):
             m[f"gptj_batch{last['batch']}_int8_tokens_per_s"] = bt["int8_triton"]["tokens_per_s"]
+        if bt.get("kernels"):
+            _split(m, f"gptj_batch{last['batch']}_step", bt["kernels"], last["ms_per_step"])
         for a, r in bt.get("decode_attn", {}).items():   # the same batch with each decode attention (headline: default)
             if "tokens_per_s" in r:
                 m[f"gptj_batch{last['batch']}_tokens_per_s_attn_{a}"] = r["tokens_per_s"]

@@ -19,6 +19,7 @@ issue 19's goals against what was measured.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -191,14 +192,40 @@ def load_stage(path: Path) -> Optional[dict]:
 
 
 def served_tokens_per_s(path: Path, clients: int = 32) -> Optional[dict]:
-    """The load row for `clients` concurrent gRPC clients in ft_served_gpu's output, or None when the file is
-    not there or has no such row (run without --clients)."""
+    """The load row for `clients` concurrent gRPC clients in ft_served_gpu's output, with the direct runtime's
+    tokens/s at batch = clients from the same run (`direct_tokens_per_s`, None if it was not timed), or None when
+    the file is not there or has no such row (run without --clients)."""
     path = Path(path)
     if not path.exists():
         return None
     res = json.loads(path.read_text())
     rows = [r for r in res.get("load", []) if r.get("clients") == clients]
-    return dict(rows[0], machine=res.get("machine"), date=res.get("date")) if rows else None
+    direct = [d["tokens_per_s"] for d in res.get("direct", []) if d.get("batch") == clients]
+    return dict(rows[0], machine=res.get("machine"), date=res.get("date"),
+                direct_tokens_per_s=direct[0] if direct else None) if rows else None
+
+
+# kernels that are a GEMM: cuBLAS (nvjet on Hopper, *gemm* elsewhere, its split-K reduction), CUTLASS, and the
+# runtime's own W8A16 Triton kernel with its split-K epilogue; torch.compile's fused kernels (attention, norms,
+# rotary, GELU) are named triton_*fused* and count as "other"
+GEMM_KERNEL = re.compile(r"nvjet|gemm|cutlass|splitkreduce|xmma|_w8a16|_splitk_epilogue", re.IGNORECASE)
+
+
+def kernel_split(kernels: Sequence, step_ms: Optional[float] = None) -> dict:
+    """Where a decode step's time goes, from ft_gpu_bench.kernel_breakdown's table (a "TOTAL ..." row, then the
+    largest kernels as (name, ms per step, count)): `gemm_ms` (the GEMM kernels among the listed ones),
+    `other_ms` (every other kernel: total less GEMMs) and, given the step's measured time, `gap_ms` (the step's
+    time not covered by a kernel: launches and waits; 0 when the profile's total exceeds the step)."""
+    rows = [tuple(r) for r in kernels]
+    total = next((r[1] for r in rows if str(r[0]).startswith("TOTAL")), None)
+    listed = [r for r in rows if not str(r[0]).startswith("TOTAL")]
+    if total is None:
+        total = sum(r[1] for r in listed)
+    gemm = sum(r[1] for r in listed if GEMM_KERNEL.search(str(r[0])))
+    out = {"kernel_ms": total, "gemm_ms": gemm, "other_ms": max(0.0, total - gemm)}
+    if step_ms is not None:
+        out["gap_ms"] = max(0.0, step_ms - total)
+    return out
 
 
 # ---------------------------------------------------------------- issue 19's goals against the measurement
@@ -219,14 +246,19 @@ def goals(metrics: dict, copy_bw: Optional[float] = None, kernels: Sequence = ()
         s = f"{GPTJ_6B_FP16_GB / v:.2f} TB/s of weights"
         if copy_bw:
             s += f" = {GPTJ_6B_FP16_GB / v / copy_bw:.0%} of the {copy_bw:.2f} TB/s copy bandwidth measured in the same run"
-        if kernels:
-            s += "; largest kernels a step: " + ", ".join(f"{r[0][:40]} {r[1]:.3f} ms" for r in list(kernels)[:3])
+        split = _split_text(m, "gptj_step", GPTJ_6B_FP16_GB, copy_bw)
+        if split:
+            return s + split
+        listed = [r for r in kernels if not str(r[0]).startswith("TOTAL")]
+        if listed:
+            s += "; largest kernels a step: " + ", ".join(f"{r[0][:40]} {r[1]:.3f} ms" for r in listed[:3])
         return s
 
     row("GPT-J-6B fp16 batch 1", "gptj_ms_per_token", "<= 3.1 ms/token", lambda v: v <= 3.1, b1_why)
     row("GPT-J-6B int8 weight-only batch 1", "gptj_int8_ms_per_token", "<= 2.0 ms/token", lambda v: v <= 2.0,
         lambda v: f"{GPTJ_6B_INT8_GB / v:.2f} TB/s of int8 weights"
-                  + (f" ({m['gptj_int8_impl']} GEMM)" if m.get("gptj_int8_impl") else ""))
+                  + (f" ({m['gptj_int8_impl']} GEMM)" if m.get("gptj_int8_impl") else "")
+                  + _split_text(m, "gptj_int8_step", GPTJ_6B_INT8_GB, copy_bw))
     row("int8 greedy tokens = fp16 (trained tiny GPT-J, 32 prompts)", "gptj_int8_token_agreement", ">= 0.95",
         lambda v: v >= 0.95, lambda v: f"{v:.3f} of positions")
     row("int8 logit cosine (every position)", "gptj_int8_logit_cosine_min", ">= 0.999", lambda v: v >= 0.999,
@@ -236,13 +268,32 @@ def goals(metrics: dict, copy_bw: Optional[float] = None, kernels: Sequence = ()
     row("GPT-J-6B fp16 batch 64, 128 in / 128 out", "gptj_batch64_tokens_per_s", ">= 10,000 tokens/s",
         lambda v: v >= 10000, lambda v: f"{v:,.0f} tokens/s end to end"
         + (f", {m['gptj_batch64_decode_tokens_per_s']:,.0f} in the decode steps" if m.get("gptj_batch64_decode_tokens_per_s") else "")
+        + _split_text(m, "gptj_batch64_step")
         + _fastest_attention(m, 64))
     row("T5-small at the largest batch vs HF (post: ~22x)", "t5_small_batch_speedup_vs_hf", "measured (no set goal)",
         None, lambda v: f"{v:.1f}x greedy" + (f", {m['t5_small_batch_speedup_vs_hf_beam4']:.1f}x beam 4"
                                                         if m.get("t5_small_batch_speedup_vs_hf_beam4") else ""))
     row("served GPT-J-6B, 32 gRPC clients", "triton_gptj_tokens_per_s_32_clients", "reported (no set goal)",
-        None, lambda v: f"{v:,.0f} tokens/s")
+        None, lambda v: f"{v:,.0f} tokens/s"
+        + (f" = {v / m['triton_gptj_direct_tokens_per_s_batch32']:.2f}x the direct runtime at batch 32 in the same "
+           f"run ({m['triton_gptj_direct_tokens_per_s_batch32']:,.0f})" if m.get("triton_gptj_direct_tokens_per_s_batch32") else "")
+        + (f"; {m['triton_gptj_requests_per_execution_32_clients']:.1f} requests per execution"
+           if m.get("triton_gptj_requests_per_execution_32_clients") else ""))
     return rows
+
+
+def _split_text(m: dict, prefix: str, weight_gb: Optional[float] = None, copy_bw: Optional[float] = None) -> str:
+    """'; a step: GEMM kernels X ms (Y TB/s of weights = Z% of copy), other kernels .., between kernels ..' from
+    the <prefix>_gemm_ms / _other_kernel_ms / _gap_ms keys (ft_batch_bench.metrics), '' without them."""
+    g, o, gap = (m.get(f"{prefix}_{k}") for k in ("gemm_ms", "other_kernel_ms", "gap_ms"))
+    if not g:
+        return ""
+    s = f"; a step: GEMM kernels {g:.2f} ms"
+    if weight_gb:
+        s += f" ({weight_gb / g:.2f} TB/s of weights" + (f" = {weight_gb / g / copy_bw:.0%} of copy)" if copy_bw else ")")
+    s += f", other kernels {o:.2f} ms" if o is not None else ""
+    s += f", between kernels {gap:.2f} ms" if gap is not None else ""
+    return s
 
 
 def _fastest_attention(m: dict, batch: int) -> str:

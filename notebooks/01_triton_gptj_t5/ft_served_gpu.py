@@ -72,16 +72,17 @@ def direct(model, prompt: Sequence[int], output_len: int, batches: Sequence[int]
 
 def load_table(res: dict) -> list:
     """One row per client count of measure()'s "load": served tokens/s, p50/p99 latency, requests merged per
-    execution and failures, beside the direct runtime at batch = clients (same prompt and output length, same
-    process) and the served/direct ratio; [] when the run had no load."""
-    direct_tps = {r["batch"]: r["tokens_per_s"] for r in res.get("direct", [])}
+    execution and failures, beside the direct runtime at batch = clients (its tokens/s and time per request; same
+    prompt and output length, same process) and the served/direct ratio; [] when the run had no load."""
+    direct = {r["batch"]: r for r in res.get("direct", [])}
     rows = []
     for r in res.get("load", []):
-        d = direct_tps.get(r["clients"])
+        d = direct.get(r["clients"], {})
+        tps = d.get("tokens_per_s")
         rows.append({"clients": r["clients"], "served_tokens_per_s": r["tokens_per_s"], "p50_ms": r["p50_ms"],
                      "p99_ms": r["p99_ms"], "requests_per_execution": r.get("requests_per_execution"),
-                     "failed": r["failed"], "direct_tokens_per_s": d,
-                     "served_over_direct": r["tokens_per_s"] / d if d else None})
+                     "failed": r["failed"], "direct_tokens_per_s": tps, "direct_request_ms": d.get("request_ms"),
+                     "served_over_direct": r["tokens_per_s"] / tps if tps else None})
     return rows
 
 

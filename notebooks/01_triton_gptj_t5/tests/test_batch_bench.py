@@ -101,6 +101,22 @@ def test_triton_gemv_metric_is_bytes_over_time():
     assert "gptj_int8_triton_gemv_tb_per_s" not in ft_batch_bench.metrics({"gptj_b1": {"bench": {}}})
 
 
+def test_step_time_split_metrics_from_the_kernel_tables():
+    """Batch 1 fp16 and int8 and the batch-64 step: GEMM kernels, other kernels, and the step's time between kernels."""
+    table = lambda gemm: [("TOTAL kernel ms per step", 3.0, 100), (gemm, 2.0, 28), ("triton_red_fused_softmax", 0.5, 28)]
+    bench = {"runtime": {"ms_per_token": 3.5, "speedup_vs_hf": 9.0, "kernels": table("nvjet_sm90_hsh_256x8")},
+             "runtime int8 triton": {"ms_per_token": 3.2, "kernels": table("_w8a16_kernel")}}
+    batch = {"runtime": [{"batch": 64, "ms_per_step": 2.5, "tokens_per_s": 1.0, "decode_tokens_per_s": 1.0}],
+             "speedup_vs_hf": 1.0, "kernels": table("cutlass_80_tensorop_gemm")}
+    m = ft_batch_bench.metrics({"gptj_b1": {"bench": bench, "int8_best": "runtime int8 triton"}, "gptj_batch": batch})
+    for p in ("gptj_step", "gptj_int8_step", "gptj_batch64_step"):
+        assert (m[f"{p}_gemm_ms"], m[f"{p}_other_kernel_ms"]) == (2.0, 1.0), p
+    assert m["gptj_step_gap_ms"] == pytest.approx(0.5) and m["gptj_int8_step_gap_ms"] == pytest.approx(0.2)
+    assert m["gptj_batch64_step_gap_ms"] == 0.0          # the profile's total exceeds the graph's step: no gap
+    assert "gptj_step_gemm_ms" not in ft_batch_bench.metrics({"gptj_b1": {"bench": {"runtime": {"ms_per_token": 1.0,
+                                                                                                 "speedup_vs_hf": 1.0}}}})
+
+
 def test_quality_failure_keeps_the_timings(tmp_path, monkeypatch):
     """The int8 quality step needs the gpt2_bpe data (an H200 run lost a whole part's timings when it was not
     carried): its failure is recorded in checks, the timings and the timing metrics stay, the quality keys are absent."""

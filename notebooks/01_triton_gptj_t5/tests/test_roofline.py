@@ -108,3 +108,26 @@ def test_batch64_goal_names_a_faster_decode_attention_only_when_there_is_one():
     assert why(faster).endswith("; decode attention 'sdpa': 8,100 tokens/s")
     assert "decode attention" not in why({**base, "gptj_batch64_tokens_per_s_attn_bmm": 7000.0})   # the default is fastest
     assert {r["metric"]: r for r in R.goals(faster)}["gptj_batch64_tokens_per_s"]["measured"] == 7700.0
+
+
+def test_kernel_split_counts_gemms_by_name_and_the_rest_as_other():
+    rows = [("TOTAL kernel ms per step", 3.3, 676), ("nvjet_sm90_hsh_256x8_64x6", 1.6, 28),
+            ("triton_red_fused__softmax_add", 0.1, 28), ("void cublasLt::splitKreduce_kernel<32>", 0.06, 28),
+            ("_w8a16_kernel", 0.5, 56), ("ampere_fp16_s16816gemm_fp16_128x128", 0.2, 1)]
+    k = R.kernel_split(rows, step_ms=3.5)
+    assert k["gemm_ms"] == pytest.approx(1.6 + 0.06 + 0.5 + 0.2) and k["other_ms"] == pytest.approx(3.3 - 2.36)
+    assert k["gap_ms"] == pytest.approx(0.2) and R.kernel_split(rows, step_ms=3.0)["gap_ms"] == 0.0
+    assert R.kernel_split(rows[1:3])["kernel_ms"] == pytest.approx(1.7) and "gap_ms" not in R.kernel_split(rows[1:3])
+
+
+def test_goals_say_where_the_step_time_goes_and_how_the_served_rate_compares():
+    m = {"gptj_ms_per_token": 3.5, "gptj_step_gemm_ms": 2.9, "gptj_step_other_kernel_ms": 0.4, "gptj_step_gap_ms": 0.2,
+         "triton_gptj_tokens_per_s_32_clients": 2400.0, "triton_gptj_direct_tokens_per_s_batch32": 4800.0,
+         "triton_gptj_requests_per_execution_32_clients": 16.0}
+    rows = {r["metric"]: r["why"] for r in R.goals(m, copy_bw=4.0, kernels=[("TOTAL kernel ms per step", 3.3, 9)])}
+    assert f"GEMM kernels 2.90 ms ({R.GPTJ_6B_FP16_GB / 2.9:.2f} TB/s of weights" in rows["gptj_ms_per_token"]
+    assert rows["gptj_ms_per_token"].endswith("other kernels 0.40 ms, between kernels 0.20 ms")
+    assert rows["triton_gptj_tokens_per_s_32_clients"] == ("2,400 tokens/s = 0.50x the direct runtime at batch 32 in "
+                                                           "the same run (4,800); 16.0 requests per execution")
+    assert "TOTAL" not in {r["metric"]: r["why"] for r in R.goals({"gptj_ms_per_token": 3.5}, kernels=[
+        ("TOTAL kernel ms per step", 3.3, 9), ("gemv", 1.0, 28)])}["gptj_ms_per_token"]

@@ -24,6 +24,7 @@ def test_concurrent_clients_are_batched(tmp_path, gptj_model):
     for row, load, direct in zip(rows, res["load"], res["direct"]):
         assert row["served_tokens_per_s"] == load["tokens_per_s"] and row["direct_tokens_per_s"] == direct["tokens_per_s"]
         assert row["served_over_direct"] == pytest.approx(load["tokens_per_s"] / direct["tokens_per_s"])
+        assert row["direct_request_ms"] == direct["request_ms"]
     assert ft_served_gpu.load_table({"overhead": {}, "per_token": {}}) == []     # a run without clients
 
 
