@@ -126,8 +126,12 @@ class T5Runtime:
 
     def _alloc(self, rows: int, src_len: int) -> None:
         L = self.m["decoder_layers"]
-        self.k_cache = torch.zeros(L, rows, self.hl, self.max_out, self.hd, dtype=self.dtype, device=self.device)
-        self.v_cache = torch.zeros_like(self.k_cache)
+        # one self-attention K and V tensor per layer, not one [L, ...] tensor: the compiled step writes a slot of
+        # each, and a write into a view of one big input made Inductor copy the whole cache back at every layer
+        # (measured: the step's time grew with the cache's rows, not the batch; see tests/test_runtime_t5.py)
+        self.k_cache = [torch.zeros(rows, self.hl, self.max_out, self.hd, dtype=self.dtype, device=self.device)
+                        for _ in range(L)]
+        self.v_cache = [torch.zeros_like(k) for k in self.k_cache]
         self.ck = torch.zeros(L, rows, self.hl, src_len, self.hd, dtype=self.dtype, device=self.device)
         self.cv = torch.zeros_like(self.ck)
         self.cross_bias_buf = torch.zeros(rows, 1, 1, src_len, dtype=torch.float32, device=self.device)
@@ -161,7 +165,7 @@ class T5Runtime:
     def set_encoder(self, enc: torch.Tensor, mask: torch.Tensor) -> None:
         """Compute every decoder layer's cross-attention K/V once; remember the encoder mask."""
         b, s, _ = enc.shape
-        if b > self.rows or s != self.src_len or self.k_cache.shape[1] < b:
+        if b > self.rows or s != self.src_len:
             self._alloc(max(b, self.rows), s)
         for l, w in enumerate(self.dec):
             kv = linear(enc, w["ckv"], None, self.layout["qkv"]).view(b, s, 2, self.hl, self.hd)
@@ -185,9 +189,9 @@ class T5Runtime:
         for l, w in enumerate(self.dec):
             h = rms_norm(x, w["ln0"], self.m["eps"])
             q, k, v = linear(h, w["qkv"], None, self.layout["qkv"]).view(b, s, 3, self.hl, self.hd).unbind(2)
-            self.k_cache[l, :b].index_copy_(2, slots, k.transpose(1, 2))
-            self.v_cache[l, :b].index_copy_(2, slots, v.transpose(1, 2))
-            a = attention(q.transpose(1, 2), self.k_cache[l, :b, :, :kv_len], self.v_cache[l, :b, :, :kv_len],
+            self.k_cache[l][:b].index_copy_(2, slots, k.transpose(1, 2))
+            self.v_cache[l][:b].index_copy_(2, slots, v.transpose(1, 2))
+            a = attention(q.transpose(1, 2), self.k_cache[l][:b, :, :kv_len], self.v_cache[l][:b, :, :kv_len],
                           bias, self.attn_impl, 1.0)
             x = x + self.tp.all_reduce(linear(a.transpose(1, 2).reshape(b, s, -1), w["o"], None, self.layout["attn_out"]))
             h = rms_norm(x, w["ln1"], self.m["eps"])
@@ -245,7 +249,7 @@ class T5Runtime:
         g = {"tok": torch.zeros(b, 1, dtype=torch.long, device=self.device),
              "slot": torch.zeros(1, dtype=torch.long, device=self.device)}
         run = lambda: self._run_decoder(g["tok"], g["slot"], self.max_out, self.cross_bias)[:, -1]
-        k0, v0 = self.k_cache.clone(), self.v_cache.clone()
+        k0, v0 = [k.clone() for k in self.k_cache], [v.clone() for v in self.v_cache]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -255,8 +259,8 @@ class T5Runtime:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             g["out"] = run()
-        self.k_cache.copy_(k0)
-        self.v_cache.copy_(v0)
+        for cache, saved in zip(self.k_cache + self.v_cache, k0 + v0):
+            cache.copy_(saved)
         g["graph"] = graph
         self._graphs[b] = g
         return g
@@ -353,8 +357,8 @@ class T5Runtime:
                 nxt_t += [r[1] for r in row]
                 nxt_src += [r[2] for r in row]
             src = torch.tensor(nxt_src, dtype=torch.long, device=dev)
-            self.k_cache[:, :b * w] = self.k_cache[:, src]
-            self.v_cache[:, :b * w] = self.v_cache[:, src]
+            for cache in self.k_cache + self.v_cache:
+                cache[:b * w] = cache[src]
             seqs = [seqs[r] + [k] for r, k in zip(nxt_src, nxt_t)]
             scores = torch.tensor(nxt_s, device=dev).view(b, w)
             tok = torch.tensor(nxt_t, dtype=torch.long, device=dev)
