@@ -47,11 +47,15 @@ def write_atomic(nb, path: Path) -> None:
 
 
 def new_run_id(folder: str, profile: str) -> str:
-    """One id per notebook run, shared by its executed notebook and its results file."""
+    """One id per notebook run, shared by its executed notebook and its results file: time, topic, profile and
+    the commit, marked "+dirty" when tracked files differ from it (a copied working tree whose .git is older
+    than its files - as on a GPU machine that received the tree - would otherwise name the wrong code)."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
+        sha = git("rev-parse", "--short", "HEAD")
+        if sha and git("status", "--porcelain", "--untracked-files=no"):
+            sha += "+dirty"
     except (OSError, subprocess.TimeoutExpired):
         sha = ""
     return "-".join(x for x in (stamp, folder[:2], profile, sha or "nogit"))

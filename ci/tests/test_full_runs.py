@@ -171,3 +171,23 @@ def test_publish_refuses_a_run_that_lost_the_smoke_runs_figures(tmp_path, topic)
         publish(tmp_path, topic, synthetic_executed(RUN, figures=[]))
     publish(tmp_path, topic, synthetic_executed(RUN, figures=[]), allow_no_figures=True)
     publish(tmp_path, topic, synthetic_executed(RUN))
+
+
+def test_run_id_names_the_commit_and_marks_a_tree_that_differs_from_it(tmp_path, monkeypatch):
+    """A GPU machine received a working tree whose .git was older than its files: its run id named a commit
+    that had not produced the run. Tracked changes now add "+dirty" (untracked files do not)."""
+    import subprocess
+
+    import run_notebooks
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path,
+                                    check=True, capture_output=True, text=True).stdout.strip()
+    git("init", "-q")
+    (tmp_path / "a.txt").write_text("1")
+    git("add", "a.txt")
+    git("commit", "-qm", "one")
+    sha = git("rev-parse", "--short", "HEAD")
+    monkeypatch.setattr(run_notebooks, "ROOT", tmp_path)
+    (tmp_path / "new.txt").write_text("untracked")
+    assert run_notebooks.new_run_id("04_neural_fields", "full").endswith(f"-04-full-{sha}")
+    (tmp_path / "a.txt").write_text("2")
+    assert run_notebooks.new_run_id("04_neural_fields", "full").endswith(f"-04-full-{sha}+dirty")
