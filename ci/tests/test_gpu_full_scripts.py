@@ -48,7 +48,23 @@ def test_gpu_full_01_runs_the_steps_in_order_and_resumes(tmp_path):
     assert sorted(p.name for p in stage.iterdir()) == ["b1.json", "batch_bench.json", "bt.json", "served_gpu.json"]
     (stage / "served_gpu.json").unlink()            # lost with the machine: only it and the notebook run again
     lines, out = run("gpu_full_01.sh", tmp_path)
-    assert [t.split()[0] for t in lines] == ["ft_served_gpu.py", "ci/run_notebooks.py"] and out.count("done before") == 3
+    assert [t.split()[0] for t in lines] == ["ft_served_gpu.py", "ci/run_notebooks.py"] and out.count("done before") == 1
+    (tmp_path / "fresh").mkdir()
+    assert "--t5-archs t5-small,t5-base" in next(t for t in run("gpu_full_01.sh", tmp_path / "fresh")[0] if "bt.json" in t)
+
+
+def test_gpu_full_01_redoes_only_the_t5_part_over_a_carried_batch_bench(tmp_path, monkeypatch):
+    stage = tmp_path / "stages" / "01_triton_gptj_t5.full"
+    stage.mkdir(parents=True)
+    (stage / "batch_bench.json").write_text('{"gptj_b1": {}}')      # carried in: GPT-J parts measured before
+    (stage / "served_gpu.json").write_text("{}")
+    monkeypatch.setenv("REDO_T5", "1")
+    lines, _ = run("gpu_full_01.sh", tmp_path)
+    assert [t.split()[0] for t in lines] == ["ft_batch_bench.py", "ft_batch_bench.py", "ci/run_notebooks.py"]
+    assert "--parts t5 --t5-archs t5-small,t5-base" in lines[0] and "--merge batch_bench.json t5.json" in lines[1]
+    assert (stage / "batch_bench.json").read_text() == (stage / "t5_merged.json").read_text()   # the merged file
+    lines, _ = run("gpu_full_01.sh", tmp_path)                      # again: nothing re-measured
+    assert [t.split()[0] for t in lines] == ["ci/run_notebooks.py"]
 
 
 def test_gpu_full_05_runs_the_two_gpu_piece_only_with_two_gpus(tmp_path):
