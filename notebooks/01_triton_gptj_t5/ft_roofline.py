@@ -192,17 +192,14 @@ def load_stage(path: Path) -> Optional[dict]:
 
 
 def served_tokens_per_s(path: Path, clients: int = 32) -> Optional[dict]:
-    """The load row for `clients` concurrent gRPC clients in ft_served_gpu's output, with the direct runtime's
-    tokens/s at batch = clients from the same run (`direct_tokens_per_s`, None if it was not timed), or None when
-    the file is not there or has no such row (run without --clients)."""
+    """The load row for `clients` concurrent gRPC clients in ft_served_gpu's output, or None when the file is
+    not there or has no such row (run without --clients)."""
     path = Path(path)
     if not path.exists():
         return None
     res = json.loads(path.read_text())
     rows = [r for r in res.get("load", []) if r.get("clients") == clients]
-    direct = [d["tokens_per_s"] for d in res.get("direct", []) if d.get("batch") == clients]
-    return dict(rows[0], machine=res.get("machine"), date=res.get("date"),
-                direct_tokens_per_s=direct[0] if direct else None) if rows else None
+    return dict(rows[0], machine=res.get("machine"), date=res.get("date")) if rows else None
 
 
 # kernels that are a GEMM: cuBLAS (nvjet on Hopper, *gemm* elsewhere, its split-K reduction), CUTLASS, and the
