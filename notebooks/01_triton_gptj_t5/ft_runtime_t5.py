@@ -314,73 +314,73 @@ class T5Runtime:
         return out[:, None].cpu(), lengths[:, None].cpu(), cum[:, None].cpu()
 
     def _beam(self, input_ids, max_new_tokens: int, w: int, len_penalty: float):
-        """Beam search for a batch, every step on the device (FT keeps its beam search on the GPU too): no host
-        work or copy between steps whatever the batch (the host only checks, every few steps, whether all inputs
-        are done). Per input it keeps the w best finished hypotheses (normalised score = log-prob / length **
-        len_penalty) and stops once they all beat the best running beam at the current length, as HF's
-        BeamSearchScorer does with early_stopping=False."""
+        """Beam search for a batch. Per step the device does the scoring and a top-2w over (beams x vocab) for
+        every input at once; the host gets those 2w candidates per input in ONE copy, keeps the finished
+        hypotheses and the sequences in Python lists, and sends back the chosen beams' scores, tokens and
+        sources in three small copies (no per-element device writes or syncs, whatever the batch)."""
         b = self._prepare(input_ids, w)
-        eos, V, T = self.m["eos_token_id"], self.m["vocab_size"], max_new_tokens
+        eos, V = self.m["eos_token_id"], self.m["vocab_size"]
         dev = self.device
-        rows = torch.arange(b, device=dev)[:, None]                   # [b, 1]
         scores = torch.full((b, w), -1e9, device=dev)
         scores[:, 0] = 0.0
-        hist = torch.full((b * w, T), eos, dtype=torch.long, device=dev)   # running beams' tokens so far
+        seqs = [[] for _ in range(b * w)]
         tok = torch.full((b * w,), self.m["decoder_start_token_id"], dtype=torch.long, device=dev)
-        # finished hypotheses, best first: normalised and raw scores (float64, as Python's float), tokens, lengths
-        f_norm = torch.full((b, w), -math.inf, dtype=torch.float64, device=dev)
-        f_raw = torch.zeros((b, w), device=dev)
-        f_tok = torch.full((b, w, T), eos, dtype=torch.long, device=dev)
-        f_len = torch.zeros((b, w), dtype=torch.long, device=dev)
-        n_fin = torch.zeros(b, dtype=torch.long, device=dev)
-        done = torch.zeros(b, dtype=torch.bool, device=dev)
-        steps = 0
-        for t in range(T):
-            steps = t + 1
+        finished = [[] for _ in range(b)]  # (normalised score, raw score, tokens)
+        done = [False] * b
+        nxt_s = scores.view(-1).tolist()
+        for t in range(max_new_tokens):
             logp = torch.log_softmax(self._step(tok, t).float(), -1)  # [b*w, V]
             cand = (scores.view(-1, 1) + logp).view(b, w * V)
-            top_s, top_i = torch.topk(cand, 2 * w, dim=-1)            # [b, 2w], best first
+            top_s, top_i = torch.topk(cand, 2 * w, dim=-1)
             top_s, top_i = self.tp.broadcast(top_s), self.tp.broadcast(top_i)
-            src, token = top_i // V, top_i % V
-            is_eos = token == eos
-            # a source beam gives at most one end token, so at least w of the 2w candidates go on: the first w
-            pick = torch.sort((is_eos.long() * 2 * w + torch.arange(2 * w, device=dev)), dim=-1).indices[:, :w]
-            run_s, run_t = top_s.gather(1, pick), token.gather(1, pick)
-            run_src = rows * w + src.gather(1, pick)                  # [b, w] rows of the batch x beams
-            # end tokens among the best w become finished hypotheses (inputs not done yet)
-            new = is_eos[:, :w] & ~done[:, None]
-            new_raw = top_s[:, :w]
-            new_norm = torch.where(new, new_raw.double() / float(t + 1) ** len_penalty, -math.inf)
-            new_tok = hist[(rows * w + src[:, :w]).view(-1)].view(b, w, T).clone()
-            new_tok[:, :, t] = eos
-            merged = torch.cat([f_norm, new_norm], 1)                 # existing first: a stable sort keeps them first on ties
-            order = torch.sort(merged, dim=1, descending=True, stable=True).indices[:, :w]
-            f_norm = merged.gather(1, order)
-            f_raw = torch.cat([f_raw, new_raw], 1).gather(1, order)
-            f_len = torch.cat([f_len, torch.full_like(f_len, t + 1)], 1).gather(1, order)
-            f_tok = torch.cat([f_tok, new_tok], 1).gather(1, order[:, :, None].expand(b, w, T))
-            n_fin = torch.clamp(n_fin + new.sum(1), max=w)
-            best_running = run_s[:, 0].double() / float(t + 2) ** len_penalty
-            done = done | ((n_fin == w) & (f_norm[:, -1] >= best_running))
-            # done inputs carry placeholders (their finished set no longer changes)
-            run_s = torch.where(done[:, None], torch.full_like(run_s, -1e9), run_s)
-            run_t = torch.where(done[:, None], torch.full_like(run_t, eos), run_t)
-            run_src = torch.where(done[:, None], rows * w, run_src).view(-1)
-            for cache in self.k_cache + self.v_cache:                # only the slots written so far
-                cache[:b * w, :, :t + 1] = cache[run_src, :, :t + 1]
-            hist = hist[run_src]
-            hist[:, t] = run_t.view(-1)
-            scores, tok = run_s, run_t.view(-1)
-            if (t % 8 == 7 or t == T - 1) and bool(done.all()):      # one sync every 8 steps
+            ts, ti = top_s.tolist(), top_i.tolist()
+            nxt_s, nxt_t, nxt_src = [], [], []
+            for i in range(b):
+                row = []   # (score, token, source row) of the w best candidates that do not end
+                if not done[i]:
+                    for rank, (sc, idx) in enumerate(zip(ts[i], ti[i])):
+                        src, token = divmod(idx, V)
+                        if token == eos:
+                            if rank < w:
+                                seq = seqs[i * w + src] + [eos]
+                                finished[i].append((sc / (len(seq) ** len_penalty), sc, seq))
+                            continue
+                        row.append((sc, token, i * w + src))
+                        if len(row) == w:
+                            break
+                    finished[i] = sorted(finished[i], key=lambda h: -h[0])[:w]
+                    best_running = row[0][0] / ((t + 2) ** len_penalty)
+                    if len(finished[i]) == w and finished[i][-1][0] >= best_running:
+                        done[i] = True
+                row += [(-1e9, eos, i * w)] * (w - len(row))
+                nxt_s += [r[0] for r in row]
+                nxt_t += [r[1] for r in row]
+                nxt_src += [r[2] for r in row]
+            src = torch.tensor(nxt_src, dtype=torch.long, device=dev)
+            for cache in self.k_cache + self.v_cache:
+                cache[:b * w] = cache[src]
+            seqs = [seqs[r] + [k] for r, k in zip(nxt_src, nxt_t)]
+            scores = torch.tensor(nxt_s, device=dev).view(b, w)
+            tok = torch.tensor(nxt_t, dtype=torch.long, device=dev)
+            if all(done):
                 break
-        # inputs still running: their w beams join the finished ones
-        run_norm = torch.where(done[:, None], -math.inf, scores.double() / float(steps) ** len_penalty)
-        merged = torch.cat([f_norm, run_norm], 1)
-        order = torch.sort(merged, dim=1, descending=True, stable=True).indices[:, :w]
-        f_raw = torch.cat([f_raw, scores], 1).gather(1, order)
-        f_len = torch.cat([f_len, torch.full_like(f_len, steps)], 1).gather(1, order)
-        f_tok = torch.cat([f_tok, hist.view(b, w, T)], 1).gather(1, order[:, :, None].expand(b, w, T))
-        return f_tok.cpu(), f_len.cpu(), f_raw.cpu()
+        for i in range(b):
+            if not done[i]:
+                for j in range(w):
+                    seq, sc = seqs[i * w + j], nxt_s[i * w + j]
+                    finished[i].append((sc / (len(seq) ** len_penalty), sc, seq))
+                finished[i] = sorted(finished[i], key=lambda h: -h[0])[:w]
+        T = max_new_tokens
+        tokens = torch.full((b, w, T), eos, dtype=torch.long)
+        lengths = torch.zeros(b, w, dtype=torch.long)
+        cum = torch.zeros(b, w)
+        for i in range(b):
+            for j, (_, raw, seq) in enumerate(finished[i]):
+                seq = seq[:T]
+                tokens[i, j, :len(seq)] = torch.tensor(seq)
+                lengths[i, j] = len(seq)
+                cum[i, j] = raw
+        return tokens, lengths, cum
 
 
 def factory(ckpt: str, dtype_name: str = "fp32", device: str = "cpu", gemm_plan=None, max_batch: int = 8,

@@ -65,21 +65,6 @@ def test_beam_search(t5_model, rt):
         assert abs(lp[torch.arange(len(seq)), torch.tensor(seq)].sum().item() - scores[i, 0].item()) < 1e-3
 
 
-def test_beam_search_stays_on_the_device(rt, monkeypatch):
-    """Beam search keeps its bookkeeping on the device: no per-step copy to the host (the earlier version
-    copied the 2w candidates of every input to Python lists each step: about 1.9 ms a step at 128 x 4 on
-    the 2-core host, while the GPU waited); the only host reads are an all-done check every 8 steps."""
-    want = rt.generate(SRC, 16, beam_width=3)
-    reads = []
-    for name in ("tolist", "item", "__bool__"):
-        orig = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=orig, _n=name, **k: (reads.append(_n), _o(self, *a, **k))[1])
-    got = rt.generate(SRC, 16, beam_width=3)
-    monkeypatch.undo()
-    assert all(torch.equal(a, b) for a, b in zip(got, want))
-    assert reads.count("tolist") + reads.count("item") == 0 and reads.count("__bool__") <= 2, reads
-
-
 def test_sampling_seeded(rt):
     a = rt.generate(SRC, 8, top_k=20, seed=3)[0]
     assert torch.equal(a, rt.generate(SRC, 8, top_k=20, seed=3)[0])
