@@ -1,4 +1,4 @@
-# Topic 05's full profile on a GPU machine (about 14 minutes on one H200, plus about 5 for the 1- vs 2-GPU piece on
+# Topic 05's full profile on a GPU machine (about 14 minutes on one H200, plus about 8 for the 1- vs 2-GPU piece on
 # a two-GPU machine). From the repository root, on a machine that carries .whl (ci/gpu_image_wheels.py), .whl_05
 # (monai, nibabel, pydicom, fire, termcolor, pytorch-ignite: see notebooks/05_monai/mo_full.py) and data/mni152,
 # data/dicom_samples, data/nibabel_samples; start it detached so it outlives one device call:

@@ -70,12 +70,14 @@ def launch(cfg, train_items, val_items, out: Path, nproc: int, timeout: Optional
 
 
 def compare_world_sizes(cfg, train_items, val_items, out: Path, nprocs=(1, 2), global_batch: int = 2,
-                        timeout: Optional[float] = None, sync_bn_run: bool = False) -> dict:
+                        timeout: Optional[float] = None, sync_bn_run: bool = False, seed_run: bool = False) -> dict:
     """The same training with 1 and N processes (one per GPU): the same global batch (each of n processes
     takes global_batch / n volumes per step, from its 1/n shard of the subjects, so an epoch is the same
     number of optimiser steps on the same number of volumes), the same epochs. Returns epoch times (median
     after the first epoch), the validation Dice of each run and the speed-up of the largest over 1.
-    sync_bn_run: also the N-process run with SyncBatchNorm (CUDA only; its failure is recorded)."""
+    sync_bn_run: also the N-process run with SyncBatchNorm (CUDA only; its failure is recorded).
+    seed_run: also the 1-process run with the next seed: how far two runs differ that only their seeds tell apart
+    (the scale against which the 1- vs N-process Dice difference is read)."""
     from dataclasses import replace
     res = {}
     for n in nprocs:
@@ -90,6 +92,13 @@ def compare_world_sizes(cfg, train_items, val_items, out: Path, nprocs=(1, 2), g
         summary["epoch_speedup"] = res[1]["epoch_s"] / res[n_max]["epoch_s"]
         if res[1]["val_mean_dice"] is not None:
             summary["val_mean_dice_difference"] = abs(res[1]["val_mean_dice"] - res[n_max]["val_mean_dice"])
+    if seed_run and 1 in res and res[1]["val_mean_dice"] is not None:
+        c = replace(cfg, batch_size=global_batch, seed=cfg.seed + 1)
+        hist, _, _ = launch(c, train_items, val_items, Path(out) / "np1_seed", nproc=1, timeout=timeout)
+        r = _run_record(hist)
+        if r["val_mean_dice"] is not None:
+            r["val_mean_dice_difference"] = abs(res[1]["val_mean_dice"] - r["val_mean_dice"])
+        summary["seed_noise"] = {**r, "seed": c.seed}
     if sync_bn_run and n_max > 1:
         summary["sync_bn"] = _sync_bn_run(cfg, train_items, val_items, out, n_max, global_batch, timeout, res.get(1))
     return summary

@@ -53,7 +53,7 @@ def params(profile: str) -> dict:
         unetr_budget_s=pick(tiny=None, smoke=None, full=150),  # 30 epochs took 88 s on one H200 (2026-12-01, after the blur fix)
         target=pick(tiny=0.0, smoke=0.35, full=0.85),      # validation mean GM/WM Dice target for "time to target"
         # epochs of the 1- vs 2-GPU runs (full: a whole cosine schedule, so both Dice are of trained networks)
-        ddp_epochs=pick(tiny=1, smoke=2, full=30),
+        ddp_epochs=pick(tiny=1, smoke=2, full=60),    # full: 30 before 2026-12-01 evening; 4 runs must fit one 480 s piece
         al_rounds=pick(tiny=1, smoke=1, full=2), al_epochs=pick(tiny=1, smoke=3, full=10),
         workers=pick(tiny=0, smoke=1, full=4),             # DataLoader worker processes for the regular recipe
         cache_workers=pick(tiny=1, smoke=1, full=8),
@@ -205,7 +205,8 @@ def ddp_piece(K: dict, D: dict, seed: int, nprocs=(1, 2), timeout: float = 1200)
                                  "val_every": K["ddp_epochs"]})
         res = mo_ddp.compare_world_sizes(cfg, D["train"], D["val"], work / "runs", nprocs=tuple(nprocs),
                                          global_batch=K["batch_size"], timeout=timeout,
-                                         sync_bn_run=K["size"] == "full")   # the GPU run: per-process BN or not
+                                         sync_bn_run=K["size"] == "full",   # the GPU run: per-process BN or not
+                                         seed_run=K["size"] == "full")      # and the seed-to-seed difference
         shutil.rmtree(work / "runs")    # checkpoints of a timing run: not kept
         res["runs"] = {str(k): v for k, v in res["runs"].items()}
         return {**res, "config": asdict(cfg), "machine": machine()}
@@ -239,6 +240,6 @@ def expected_seconds(name: str, K: dict, device: str, nproc: int = 1) -> float:
     if name == "unetr":     # UNETR epoch: guessed at 4 UNet epochs; its time budget caps the piece anyway
         train = K["unetr_epochs"] * 4 * fast
         return fill + min(train, (K["unetr_budget_s"] or train) + 4 * fast) + 7 * val
-    if name == "ddp_compare":   # 1 process, 2 processes, and 2 with SyncBatchNorm: bounded by 3 one-process runs
-        return 3 * (20 + fill + K["ddp_epochs"] * fast + val)
+    if name == "ddp_compare":   # 1 process (two seeds), 2 processes, and 2 with SyncBatchNorm: bounded by 4 one-process runs
+        return 4 * (20 + fill + K["ddp_epochs"] * fast + val)
     raise ValueError(f"unknown piece {name!r}")

@@ -1,3 +1,4 @@
+import json
 import numpy as np
 import pytest
 import torch
@@ -60,7 +61,7 @@ def test_ddp_one_and_two_processes_same_global_batch(synth_subjects, tmp_path):
     cfg = mo_train.Config(recipe="fast", pixdim=6.0, roi=16, num_samples=2, epochs=1, val_every=1, cache_workers=1,
                           synth=True)
     res = mo_ddp.compare_world_sizes(cfg, synth_subjects[:2], synth_subjects[2:], tmp_path, nprocs=(1, 2),
-                                     global_batch=2, timeout=300, sync_bn_run=True)
+                                     global_batch=2, timeout=300, sync_bn_run=True, seed_run=True)
     # the SyncBatchNorm run needs CUDA: on a CPU its processes refuse it, and the failure is recorded, not raised
     assert "sync_bn needs CUDA" in res["sync_bn"]["error"]
     assert [r["world_size"] for r in res["runs"].values()] == [1, 2]
@@ -68,6 +69,11 @@ def test_ddp_one_and_two_processes_same_global_batch(synth_subjects, tmp_path):
     assert all(len(r["epoch_seconds"]) == 1 and len(r["val_dice"]) == 2 for r in res["runs"].values())
     assert res["epoch_speedup"] > 0 and 0 <= res["val_mean_dice_difference"] <= 1
     assert (tmp_path / "np2" / "checkpoint.pt").exists()
+    # the seed-to-seed scale: one process again, the whole global batch, the next seed
+    noise = res["seed_noise"]
+    assert noise["seed"] == 1 and noise["world_size"] == 1 and 0 <= noise["val_mean_dice_difference"] <= 1
+    spec = json.loads((tmp_path / "np1_seed" / "spec.json").read_text())["config"]
+    assert spec["seed"] == 1 and spec["batch_size"] == 2
     with pytest.raises(ValueError, match="does not split"):
         mo_ddp.compare_world_sizes(cfg, synth_subjects[:2], [], tmp_path, nprocs=(2,), global_batch=3)
 
