@@ -90,14 +90,16 @@ def compare_world_sizes(cfg, train_items, val_items, out: Path, nprocs=(1, 2), g
     summary = {"runs": res, "global_batch": global_batch}
     if 1 in res and n_max != 1:
         summary["epoch_speedup"] = res[1]["epoch_s"] / res[n_max]["epoch_s"]
-        if res[1]["val_mean_dice"] is not None:
-            summary["val_mean_dice_difference"] = abs(res[1]["val_mean_dice"] - res[n_max]["val_mean_dice"])
+        d = _dice_difference(res[1], res[n_max])
+        if d is not None:
+            summary["val_mean_dice_difference"] = d
     if seed_run and 1 in res and res[1]["val_mean_dice"] is not None:
         c = replace(cfg, batch_size=global_batch, seed=cfg.seed + 1)
         hist, _, _ = launch(c, train_items, val_items, Path(out) / "np1_seed", nproc=1, timeout=timeout)
         r = _run_record(hist)
-        if r["val_mean_dice"] is not None:
-            r["val_mean_dice_difference"] = abs(res[1]["val_mean_dice"] - r["val_mean_dice"])
+        d = _dice_difference(res[1], r)
+        if d is not None:
+            r["val_mean_dice_difference"] = d
         summary["seed_noise"] = {**r, "seed": c.seed}
     if sync_bn_run and n_max > 1:
         summary["sync_bn"] = _sync_bn_run(cfg, train_items, val_items, out, n_max, global_batch, timeout, res.get(1))
@@ -112,6 +114,13 @@ def _run_record(hist) -> dict:
             "val_mean_dice": float(np.mean(hist.val_dice[-1])) if hist.val_dice else None}
 
 
+def _dice_difference(a: Optional[dict], b: dict) -> Optional[float]:
+    """How far two runs' validation mean Dice are apart; None when either run has none."""
+    if not a or a["val_mean_dice"] is None or b["val_mean_dice"] is None:
+        return None
+    return abs(a["val_mean_dice"] - b["val_mean_dice"])
+
+
 def _sync_bn_run(cfg, train_items, val_items, out: Path, n: int, global_batch: int, timeout, one: Optional[dict]) -> dict:
     """The n-process run again with SyncBatchNorm (statistics over all processes' patches, as one process has):
     does per-process BatchNorm explain the 1- vs n-process Dice difference? A failure is recorded, not raised."""
@@ -124,8 +133,9 @@ def _sync_bn_run(cfg, train_items, val_items, out: Path, n: int, global_batch: i
         causes = list(dict.fromkeys(l.strip() for l in msg.splitlines() if re.search(r"\w+(Error|Exception): \S", l)))
         return {"error": "\n".join(causes[:3] + ["...", msg[-800:]])}
     r = _run_record(hist)
-    if one and one["val_mean_dice"] is not None and r["val_mean_dice"] is not None:
-        r["val_mean_dice_difference"] = abs(one["val_mean_dice"] - r["val_mean_dice"])
+    d = _dice_difference(one, r)
+    if d is not None:
+        r["val_mean_dice_difference"] = d
         r["epoch_speedup"] = one["epoch_s"] / r["epoch_s"]
     return r
 

@@ -53,7 +53,7 @@ def params(profile: str) -> dict:
         unetr_budget_s=pick(tiny=None, smoke=None, full=150),  # 30 epochs took 88 s on one H200 (2026-12-01, after the blur fix)
         target=pick(tiny=0.0, smoke=0.35, full=0.85),      # validation mean GM/WM Dice target for "time to target"
         # epochs of the 1- vs 2-GPU runs (full: a whole cosine schedule, so both Dice are of trained networks)
-        ddp_epochs=pick(tiny=1, smoke=2, full=60),    # full: 30 before 2026-12-01 evening; 4 runs must fit one 480 s piece
+        ddp_epochs=pick(tiny=1, smoke=2, full=60),    # full: its 4 runs (expected_seconds) fit one 480 s piece
         al_rounds=pick(tiny=1, smoke=1, full=2), al_epochs=pick(tiny=1, smoke=3, full=10),
         workers=pick(tiny=0, smoke=1, full=4),             # DataLoader worker processes for the regular recipe
         cache_workers=pick(tiny=1, smoke=1, full=8),
