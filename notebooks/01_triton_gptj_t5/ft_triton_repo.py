@@ -659,8 +659,8 @@ class TritonServer(ManagedProcess):
     stop() signals tritonserver alone first: it finishes in-flight requests and unloads the models (their
     finalize stops the ranks) before anything else is signalled; then the group; then this server's
     /dev/shm regions are removed. With `gate` (ft_gate.Gate options) the proxy runs beside it on its own port
-    (`.urls["gate"]`): started with the server, kept up across the watchdog's restarts (answering 502 while the
-    server is down), stopped first on stop() after its requests in flight finish."""
+    (`.urls["gate"]`, set by start()): started just before the server, kept up across the watchdog's restarts
+    (answering 502 while the server is down), stopped first on stop() after its requests in flight finish."""
 
     def __init__(self, cmd, http: int, grpc: int, metrics: int, admin_key: str, shm_prefix: str,
                  watch_interval: float = 0.5, gate: Optional[dict] = None, **kw):
@@ -674,24 +674,32 @@ class TritonServer(ManagedProcess):
         self.gate = None
         if gate is not None:   # ft_gate.Gate options ({} for the defaults); it stays up across restarts
             import ft_gate
-            gate = {"port": free_port(), **gate}
+            # port 0 unless given: the OS picks it when the gate binds, in start(). A port picked here by
+            # free_port() and bound only once Triton is ready could be taken meanwhile (CI saw EADDRINUSE: the
+            # ranks' and clients' outgoing connections use the same ephemeral range)
             self.gate = ft_gate.Gate(self.urls["http"], **gate)
-            self.urls["gate"] = self.gate.url
 
     def admin_headers(self, protocol: str = "http") -> dict:
         """The header the restricted APIs need (gRPC prefixes it with triton-grpc-protocol-)."""
         return {(ADMIN_HEADER if protocol == "http" else f"triton-grpc-protocol-{ADMIN_HEADER}"): self.admin_key}
 
     def start(self) -> "TritonServer":
-        super().start()
+        if self.gate is not None and not self.gate.running:
+            # bound first, so its address is known and held; it answers 502 until Triton is ready
+            self.gate.start()
+            self.urls["gate"] = self.gate.url
+        try:
+            super().start()
+        except BaseException:
+            if self.gate is not None and not self._restarting:
+                self.gate.stop()
+            raise
         self.expected = self.snapshot()
         if self.watch_interval:
             self._watch_stop = threading.Event()
             self._watcher = threading.Thread(target=self._watch, args=(self._watch_stop,), daemon=True,
                                              name="triton-watchdog")
             self._watcher.start()
-        if self.gate is not None and not self.gate.running:
-            self.gate.start()
         return self
 
     def stop(self) -> None:

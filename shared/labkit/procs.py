@@ -25,8 +25,33 @@ class ServerError(RuntimeError):
     """The server did not start, or died; the message carries the tail of its log."""
 
 
+def _ephemeral_range() -> tuple:
+    """The ports the kernel hands to outgoing connections (Linux; the usual default elsewhere)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now on `host`."""
+    """A TCP port that is free right now on `host`, chosen below the ephemeral range.
+
+    A server is started on it a moment later (Triton only binds once its models load). bind(0) would hand out an
+    ephemeral port, which any outgoing connection made meanwhile (clients, the server's own ranks) may take: CI
+    saw EADDRINUSE that way. Ports below the range are only ever taken by an explicit bind."""
+    import random
+    low = _ephemeral_range()[0]
+    pick = random.SystemRandom()   # not the seeded `random`: two seeded processes would try the same ports
+    tries = 64 if low > 11024 else 0   # no room below the range: let the kernel choose
+    for _ in range(tries):
+        port = pick.randrange(10000, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]

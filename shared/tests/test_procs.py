@@ -1,4 +1,5 @@
 import os
+import socket
 import sys
 import time
 
@@ -102,3 +103,34 @@ def test_drain_timeout_signals_the_leader_first(tmp_path):
     assert out.read_text() == "worker alive during drain"
     assert server.proc.returncode == 0
     assert group_members(pgid) == []
+
+
+def test_free_port_is_bindable_and_outside_the_ephemeral_range():
+    # outgoing connections take ephemeral ports: a server port from that range could be taken before the server binds
+    low, high = procs._ephemeral_range()
+    for _ in range(20):
+        port = procs.free_port()
+        assert not low <= port <= high
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", port))
+
+
+def test_free_port_skips_a_taken_port(monkeypatch):
+    import random
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        taken = held.getsockname()[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as spare:
+            spare.bind(("127.0.0.1", 0))
+            other = spare.getsockname()[1]   # free again once closed (bound only: no TIME_WAIT)
+        offers = iter([taken, other])
+        monkeypatch.setattr(random.SystemRandom, "randrange", lambda self, a, b: next(offers))
+        monkeypatch.setattr(procs, "_ephemeral_range", lambda: (65000, 65535))
+        assert procs.free_port() == other
+
+
+def test_free_port_lets_the_kernel_pick_without_room_below_the_range(monkeypatch):
+    monkeypatch.setattr(procs, "_ephemeral_range", lambda: (1024, 65535))
+    port = procs.free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", port))
