@@ -49,16 +49,36 @@ def write_atomic(nb, path: Path) -> None:
 def new_run_id(folder: str, profile: str) -> str:
     """One id per notebook run, shared by its executed notebook and its results file: time, topic, profile and
     the commit, marked "+dirty" when tracked files differ from it (a copied working tree whose .git is older
-    than its files - as on a GPU machine that received the tree - would otherwise name the wrong code)."""
+    than its files - as on a GPU machine that received the tree - would otherwise name the wrong code).
+    A dirty id also names the tree of the files as they are ("+tree" and 10 hex digits, tracked and untracked
+    files git does not ignore): the copied tree of a clean commit gives that commit's tree, which
+    `git log --format='%h %T' | grep <digits>` finds where the commit was made."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
     try:
-        sha = git("rev-parse", "--short", "HEAD")
-        if sha and git("status", "--porcelain", "--untracked-files=no"):
+        sha = _git("rev-parse", "--short", "HEAD")
+        if sha and _git("status", "--porcelain", "--untracked-files=no"):
             sha += "+dirty"
+            tree = content_tree()
+            sha += f"+tree{tree[:10]}" if tree else ""
     except (OSError, subprocess.TimeoutExpired):
         sha = ""
     return "-".join(x for x in (stamp, folder[:2], profile, sha or "nogit"))
+
+
+def _git(*args, env=None) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env=env).stdout.strip()
+
+
+def content_tree() -> str:
+    """The git tree id of the working tree's files (not ignored), computed in a scratch index: the real index
+    and HEAD are left alone. "" when git cannot tell."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        env = dict(os.environ, GIT_INDEX_FILE=str(Path(d) / "index"))
+        _git("read-tree", "HEAD", env=env)
+        _git("add", "-A", ".", env=env)
+        return _git("write-tree", env=env)
 
 
 def stamp_notebook(executed: Path, run_id: str, profile: str, results: dict | None) -> None:

@@ -175,7 +175,8 @@ def test_publish_refuses_a_run_that_lost_the_smoke_runs_figures(tmp_path, topic)
 
 def test_run_id_names_the_commit_and_marks_a_tree_that_differs_from_it(tmp_path, monkeypatch):
     """A GPU machine received a working tree whose .git was older than its files: its run id named a commit
-    that had not produced the run. Tracked changes now add "+dirty" (untracked files do not)."""
+    that had not produced the run. Tracked changes now add "+dirty" (untracked files do not) and the tree of the
+    files as they are, which names the commit they were copied from."""
     import subprocess
 
     import run_notebooks
@@ -190,4 +191,10 @@ def test_run_id_names_the_commit_and_marks_a_tree_that_differs_from_it(tmp_path,
     (tmp_path / "new.txt").write_text("untracked")
     assert run_notebooks.new_run_id("04_neural_fields", "full").endswith(f"-04-full-{sha}")
     (tmp_path / "a.txt").write_text("2")
-    assert run_notebooks.new_run_id("04_neural_fields", "full").endswith(f"-04-full-{sha}+dirty")
+    dirty = run_notebooks.new_run_id("04_neural_fields", "full")
+    assert f"-04-full-{sha}+dirty+tree" in dirty
+    assert git("diff", "--cached", "--name-only") == ""   # computed in a scratch index: nothing was staged
+    # the tree named is that of the files as they are: committing them gives a commit with that tree
+    git("add", "-A")
+    git("commit", "-qm", "two")
+    assert dirty.endswith("+tree" + git("rev-parse", "HEAD^{tree}")[:10])
