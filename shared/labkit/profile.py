@@ -6,6 +6,9 @@ from typing import Any
 
 PROFILES = ("smoke", "full")
 DEVICES = ("auto", "cpu", "cuda")
+# numpy seeds only below 2**32 and the notebooks derive more seeds by adding small offsets (seed + 1000):
+# below 2**31 every derived seed stays valid for numpy, torch, TensorFlow and JAX
+MAX_SEED = 2**31 - 1
 
 
 class ParameterError(ValueError):
@@ -39,8 +42,9 @@ def check_params(profile: str, device: str = "auto", seed: int = 0) -> Params:
     """Validate the three parameters every notebook has; raise a clear error otherwise."""
     _check_choice("profile", profile, PROFILES)
     _check_choice("device", device, DEVICES)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ParameterError(f"seed={seed!r} is not allowed; use a non-negative integer such as 0.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ParameterError(f"seed={seed!r} is not allowed; use an integer from 0 to {MAX_SEED} (2**31 - 1), "
+                             "such as 0.")
     return Params(profile=profile, device=device, seed=seed)
 
 

@@ -24,7 +24,7 @@ def test_bad_values_name_the_allowed_ones(kwargs, allowed):
         labkit.check_params(**kwargs)
 
 
-@pytest.mark.parametrize("seed", [-1, 1.5, "0", True])
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", True, 2**31, 2**32])
 def test_bad_seed(seed):
     with pytest.raises(ParameterError, match="seed"):
         labkit.check_params("smoke", "auto", seed)
@@ -78,3 +78,9 @@ def test_keras_framework_follows_keras_backend(monkeypatch):
     assert env.keras_backend() == "jax"
     with pytest.raises(ValueError, match="framework"):
         env._gpu_count("mxnet")
+
+
+def test_the_largest_seed_and_the_seeds_notebooks_derive_from_it_are_accepted():
+    from labkit.profile import MAX_SEED
+    assert labkit.check_params("smoke", "auto", MAX_SEED).seed == MAX_SEED
+    labkit.seed_everything(MAX_SEED + 1000)   # notebooks add small offsets (numpy refuses 2**32 and above)
