@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from labkit.procs import ManagedProcess, free_port, http_ready
+from labkit.procs import ManagedProcess, free_port, http_ready, remove_if_owner_dies
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger(__name__)
@@ -684,6 +684,9 @@ class TritonServer(ManagedProcess):
         return {(ADMIN_HEADER if protocol == "http" else f"triton-grpc-protocol-{ADMIN_HEADER}"): self.admin_key}
 
     def start(self) -> "TritonServer":
+        # should this Python process die without stop() (a killed kernel), labkit's reaper ends the server's
+        # group and removes these regions
+        remove_if_owner_dies(f"/dev/shm/{self.shm_prefix}*")
         if self.gate is not None and not self.gate.running:
             # bound first, so its address is known and held; it answers 502 until Triton is ready
             self.gate.start()
@@ -713,6 +716,8 @@ class TritonServer(ManagedProcess):
             self._watcher.join(timeout=self.drain_timeout or 5)
         super().stop()
         self._remove_shm(glob.glob(f"/dev/shm/{self.shm_prefix}*"))
+        if not self._restarting:
+            remove_if_owner_dies(f"/dev/shm/{self.shm_prefix}*", remove=False)
 
     def restart(self) -> "TritonServer":
         """Stop and start tritonserver (same ports); the gate stays up and answers 502 meanwhile."""

@@ -7,16 +7,26 @@
 
 A server that drains on SIGTERM (finishes in-flight work, then stops its own workers) gets `drain_timeout`:
 stop() then signals the leader alone first and only afterwards the rest of the group.
+
+A server must not outlive the Python process that started it (a notebook kernel restarted before its stop
+cell ran, or killed): servers still running at interpreter exit are stopped (atexit), and one small reaper
+process per owner, started with the first server, holds a pipe from the owner; when the owner is gone
+however it died (EOF on the pipe), the reaper ends every group still registered and removes the files
+registered with it (e.g. a server's /dev/shm regions).
 """
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import urllib.request
+import weakref
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -87,6 +97,104 @@ def _group_alive(pgid: int) -> bool:
         return True
 
 
+# Run by the reaper (`python -c`): lines "add <pgid> <leader start time>", "del <pgid>", "files <glob>",
+# "unfiles <glob>" on stdin; at EOF (the owner exited or was killed) it ends the groups left and removes the files.
+_REAPER = r"""
+import glob, os, signal, sys, time
+groups, files = {}, set()
+for line in sys.stdin:
+    op, _, arg = line.strip().partition(" ")
+    if op == "add":
+        pgid, start = arg.split()
+        groups[int(pgid)] = start
+    elif op == "del":
+        groups.pop(int(arg), None)
+    elif op == "files":
+        files.add(arg)
+    elif op == "unfiles":
+        files.discard(arg)
+
+def started(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    for pgid, start in list(groups.items()):
+        now = started(pgid)
+        if now is not None and now != start:   # that number leads another group now: not ours
+            continue
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            groups.pop(pgid)
+    end = time.monotonic() + 10
+    while groups and time.monotonic() < end:
+        for pgid in list(groups):
+            try:
+                os.killpg(pgid, 0)
+            except (ProcessLookupError, PermissionError):
+                groups.pop(pgid)
+        time.sleep(0.1)
+for pattern in files:
+    for path in glob.glob(pattern):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+"""
+
+_reaper: Optional[subprocess.Popen] = None
+_reaper_pid = 0   # the process that started _reaper (a forked child must not use its parent's)
+_reaper_lock = threading.Lock()
+_live: "weakref.WeakSet[ManagedProcess]" = weakref.WeakSet()
+
+
+def _leader_start(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def _tell_reaper(line: str) -> None:
+    """Send one line to this process's reaper, starting it first if needed (Linux; elsewhere a no-op)."""
+    global _reaper, _reaper_pid
+    if not sys.platform.startswith("linux"):
+        return
+    with _reaper_lock:
+        if _reaper is None or _reaper_pid != os.getpid() or _reaper.poll() is not None:
+            if line.startswith(("del", "unfiles")):
+                return
+            _reaper_pid = os.getpid()
+            # its own session: a Ctrl-C or a group signal aimed at the owner's group does not reach it
+            _reaper = subprocess.Popen([sys.executable, "-c", _REAPER], stdin=subprocess.PIPE, text=True,
+                                       start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _reaper.stdin.write(line + "\n")
+            _reaper.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass
+
+
+def remove_if_owner_dies(pattern: str, remove: bool = True) -> None:
+    """Files (a glob) to delete should this process die before cleaning them up itself; remove=False withdraws it."""
+    _tell_reaper(f"{'files' if remove else 'unfiles'} {pattern}")
+
+
+@atexit.register
+def _stop_all() -> None:
+    for p in list(_live):
+        if p._owner != os.getpid():   # a forked child exiting: the servers are its parent's
+            continue
+        try:
+            p.stop()
+        except Exception:
+            pass
+
+
 class ManagedProcess:
     """Start `cmd` in its own process group, wait until `ready()` is true, stop the group on exit."""
 
@@ -118,6 +226,9 @@ class ManagedProcess:
         self._log = open(self.log_path, "ab" if self.proc is not None else "wb")  # a restart appends
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=self.env, cwd=self.cwd, start_new_session=True)
+        self._owner = os.getpid()
+        _live.add(self)
+        _tell_reaper(f"add {self.proc.pid} {_leader_start(self.proc.pid)}")
         deadline = time.monotonic() + self.start_timeout
         try:
             while True:
@@ -169,6 +280,9 @@ class ManagedProcess:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+        if not _group_alive(pgid):
+            _tell_reaper(f"del {pgid}")
+            _live.discard(self)
         if not self._log.closed:
             self._log.close()
         if self._own_log and not self._failed:

@@ -134,3 +134,70 @@ def test_free_port_lets_the_kernel_pick_without_room_below_the_range(monkeypatch
     port = procs.free_port()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", port))
+
+
+# An owner that starts a server (with a grandchild) and registers a file, prints the server's pid, then either
+# exits without stopping it ("exit") or waits to be killed ("wait").
+OWNER = r'''
+import sys, time
+sys.path[:0] = [sys.argv[3]]
+from labkit import procs
+server = procs.ManagedProcess([sys.executable, "-c", sys.argv[2], str(procs.free_port())], name="demo",
+                              start_timeout=30).start()
+procs.remove_if_owner_dies(sys.argv[4])
+print(server.pid, flush=True)
+if sys.argv[1] == "wait":
+    time.sleep(600)
+'''
+
+
+def _owner(mode, tmp_path):
+    import subprocess
+    from pathlib import Path
+    leftover = tmp_path / "region-1"
+    leftover.write_text("x")
+    labkit_parent = str(Path(procs.__file__).resolve().parents[1])
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, mode, SERVER, labkit_parent, str(tmp_path / "region-*")],
+                             stdout=subprocess.PIPE, text=True)
+    pgid = int(owner.stdout.readline())
+    deadline = time.time() + 10
+    while mode == "wait" and len(group_members(pgid)) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    return owner, pgid, leftover
+
+
+def _gone(pgid, seconds=20):
+    deadline = time.time() + seconds
+    while group_members(pgid) and time.time() < deadline:
+        time.sleep(0.1)
+    return group_members(pgid) == []
+
+
+def test_a_killed_owner_leaves_no_server_and_no_registered_files(tmp_path):
+    """A notebook kernel killed before its stop cell: the reaper ends the server's group and removes the files."""
+    import signal
+    owner, pgid, leftover = _owner("wait", tmp_path)
+    try:
+        assert leftover.exists() and len(group_members(pgid)) >= 2   # server + grandchild
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(timeout=10)
+        assert _gone(pgid)
+        deadline = time.time() + 5
+        while leftover.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert not leftover.exists()
+    finally:
+        owner.kill()
+        for pid in group_members(pgid):
+            os.kill(pid, 9)
+
+
+def test_an_owner_that_exits_without_stopping_its_server_stops_it(tmp_path):
+    """The kernel restarted (a clean exit) before the stop cell: the server is stopped at exit."""
+    owner, pgid, _ = _owner("exit", tmp_path)
+    try:
+        assert owner.wait(timeout=60) == 0
+        assert group_members(pgid) == []   # stopped by atexit, before the owner finished exiting
+    finally:
+        for pid in group_members(pgid):
+            os.kill(pid, 9)

@@ -514,6 +514,46 @@ def test_gate_handles_broken_framing_slow_clients_and_too_many_connections(srv):
         assert _wait(lambda: ft_gate.request(gate.url, "GET", "/v2/health/ready")[0] == 200, 5) is not None
 
 
+# A notebook kernel that started a server and was killed before its stop cell: prints the server's pid and
+# /dev/shm prefix once it is ready, then waits to be killed.
+KILLED_OWNER = r"""
+import sys, time
+from pathlib import Path
+import ft_triton_repo, ft_weights
+s = ft_triton_repo.triton_server(Path(sys.argv[1]), ft_weights.cache_dir(), log_path=Path(sys.argv[2]),
+                                 watch_interval=0.3, gate={})
+s.start()
+print(s.pid, s.shm_prefix, flush=True)
+time.sleep(600)
+"""
+
+
+def test_y_a_killed_owner_leaves_no_tritonserver_and_no_shared_memory(srv, tmp_path):
+    """SIGKILL of the Python process that started a server (no stop(), no atexit): labkit's reaper ends the
+    server's whole group (stubs and ranks) and removes its /dev/shm regions."""
+    import subprocess
+    import sys
+    repo = next(a.split("=", 1)[1] for a in srv.cmd if a.startswith("--model-repository="))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    owner = subprocess.Popen([sys.executable, "-c", KILLED_OWNER, repo, str(tmp_path / "owned.log")],
+                             stdout=subprocess.PIPE, text=True, env=env)
+    pgid = None
+    try:
+        line = owner.stdout.readline()
+        assert line, (tmp_path / "owned.log").read_text(errors="replace")[-2000:]
+        pgid, prefix = int(line.split()[0]), line.split()[1]
+        assert _group(pgid) and glob.glob(f"/dev/shm/{prefix}*")   # stubs and their regions are there
+        owner.kill()
+        owner.wait(timeout=10)
+        assert _wait(lambda: not _group(pgid), 60) is not None, _group(pgid)
+        assert _wait(lambda: not glob.glob(f"/dev/shm/{prefix}*"), 15) is not None
+    finally:
+        owner.kill()
+        if pgid is not None:
+            for p in _group(pgid):
+                os.kill(p, signal.SIGKILL)
+
+
 def test_z_killed_tritonserver_is_restarted(srv, clients):
     """SIGKILL of tritonserver itself: the watchdog notices, kills what is left of its group, removes its /dev/shm
     regions and starts it again on the same ports; the gate stays up (502 meanwhile)."""
