@@ -691,12 +691,7 @@ class TritonServer(ManagedProcess):
             # bound first, so its address is known and held; it answers 502 until Triton is ready
             self.gate.start()
             self.urls["gate"] = self.gate.url
-        try:
-            super().start()
-        except BaseException:
-            if self.gate is not None and not self._restarting:
-                self.gate.stop()
-            raise
+        super().start()   # if it fails, it calls stop(), which stops the gate too
         self.expected = self.snapshot()
         if self.watch_interval:
             self._watch_stop = threading.Event()

@@ -97,66 +97,68 @@ def _group_alive(pgid: int) -> bool:
         return True
 
 
-# Run by the reaper (`python -c`): lines "add <pgid> <leader start time>", "del <pgid>", "files <glob>",
-# "unfiles <glob>" on stdin; at EOF (the owner exited or was killed) it ends the groups left and removes the files.
-_REAPER = r"""
-import glob, os, signal, sys, time
-groups, files = {}, set()
-for line in sys.stdin:
-    op, _, arg = line.strip().partition(" ")
-    if op == "add":
-        pgid, start = arg.split()
-        groups[int(pgid)] = start
-    elif op == "del":
-        groups.pop(int(arg), None)
-    elif op == "files":
-        files.add(arg)
-    elif op == "unfiles":
-        files.discard(arg)
-
-def started(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-for sig in (signal.SIGTERM, signal.SIGKILL):
-    for pgid, start in list(groups.items()):
-        now = started(pgid)
-        if now is not None and now != start:   # that number leads another group now: not ours
-            continue
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            groups.pop(pgid)
-    end = time.monotonic() + 10
-    while groups and time.monotonic() < end:
-        for pgid in list(groups):
-            try:
-                os.killpg(pgid, 0)
-            except (ProcessLookupError, PermissionError):
-                groups.pop(pgid)
-        time.sleep(0.1)
-for pattern in files:
-    for path in glob.glob(pattern):
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-"""
-
 _reaper: Optional[subprocess.Popen] = None
 _reaper_pid = 0   # the process that started _reaper (a forked child must not use its parent's)
 _reaper_lock = threading.Lock()
 _live: "weakref.WeakSet[ManagedProcess]" = weakref.WeakSet()
 
 
-def _leader_start(pid: int) -> str:
+def _leader_start(pid: int) -> Optional[str]:
+    """When process `pid` started (field 22 of /proc/<pid>/stat), None if it is gone."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
-        return "?"
+        return None
+
+
+def _end_group(pgid: int, waits, reap: Optional[Callable] = None) -> None:
+    """Signal the group with each (signal, seconds) of `waits` in turn while it has members, waiting up to that
+    long for it to empty; `reap` (the leader's poll) lets a leader we started leave the group."""
+    for sig, wait in waits:
+        if not _group_alive(pgid):
+            return
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _group_alive(pgid):
+            if reap is not None:
+                reap()
+            time.sleep(0.1)
+
+
+def _reap(lines) -> None:
+    """The reaper's work (this file run as a script): read "add <pgid> <leader start time>", "del <pgid>",
+    "files <glob>", "unfiles <glob>" lines until EOF (the owner exited or was killed), then end the groups left
+    and remove the files."""
+    import glob
+    groups, files = {}, set()
+    for line in lines:
+        op, _, arg = line.strip().partition(" ")
+        if op == "add":
+            pgid, start = arg.split()
+            groups[int(pgid)] = start
+        elif op == "del":
+            groups.pop(int(arg), None)
+        elif op == "files":
+            files.add(arg)
+        elif op == "unfiles":
+            files.discard(arg)
+    for pgid, start in groups.items():
+        now = _leader_start(pgid)
+        if now is not None and now != start:   # that number leads another group now: not ours
+            continue
+        try:
+            _end_group(pgid, ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)))
+        except PermissionError:
+            pass
+    for pattern in files:
+        for path in glob.glob(pattern):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 def _tell_reaper(line: str) -> None:
@@ -170,8 +172,11 @@ def _tell_reaper(line: str) -> None:
                 return
             _reaper_pid = os.getpid()
             # its own session: a Ctrl-C or a group signal aimed at the owner's group does not reach it
-            _reaper = subprocess.Popen([sys.executable, "-c", _REAPER], stdin=subprocess.PIPE, text=True,
-                                       start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            # this file as a script; -I: only the standard library on its path (not labkit's folder, whose
+            # profile.py would shadow the standard one)
+            _reaper = subprocess.Popen([sys.executable, "-I", str(Path(__file__).resolve())], stdin=subprocess.PIPE,
+                                       text=True, start_new_session=True, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
         try:
             _reaper.stdin.write(line + "\n")
             _reaper.stdin.flush()
@@ -224,13 +229,13 @@ class ManagedProcess:
 
     def start(self) -> "ManagedProcess":
         self._log = open(self.log_path, "ab" if self.proc is not None else "wb")  # a restart appends
-        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=self.env, cwd=self.cwd, start_new_session=True)
-        self._owner = os.getpid()
-        _live.add(self)
-        _tell_reaper(f"add {self.proc.pid} {_leader_start(self.proc.pid)}")
-        deadline = time.monotonic() + self.start_timeout
-        try:
+        try:   # any failure, the Popen's too, goes through stop() (a subclass may have started more to stop)
+            self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                         env=self.env, cwd=self.cwd, start_new_session=True)
+            self._owner = os.getpid()
+            _live.add(self)
+            _tell_reaper(f"add {self.proc.pid} {_leader_start(self.proc.pid) or '?'}")
+            deadline = time.monotonic() + self.start_timeout
             while True:
                 if self.proc.poll() is not None:
                     raise ServerError(f"{self.name} exited with code {self.proc.returncode} before it was "
@@ -265,17 +270,7 @@ class ManagedProcess:
                 self.proc.wait(timeout=self.drain_timeout)
             except subprocess.TimeoutExpired:
                 pass
-        for sig, wait in ((signal.SIGTERM, self.stop_timeout), (signal.SIGKILL, 5.0)):
-            if not _group_alive(pgid):
-                break
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and _group_alive(pgid):
-                self.proc.poll()  # reap the leader so the group can empty
-                time.sleep(0.1)
+        _end_group(pgid, ((signal.SIGTERM, self.stop_timeout), (signal.SIGKILL, 5.0)), reap=self.proc.poll)
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -299,3 +294,7 @@ class ManagedProcess:
     def __exit__(self, *exc) -> bool:
         self.stop()
         return False
+
+
+if __name__ == "__main__":   # the reaper (see _tell_reaper)
+    _reap(sys.stdin)

@@ -201,3 +201,17 @@ def test_an_owner_that_exits_without_stopping_its_server_stops_it(tmp_path):
     finally:
         for pid in group_members(pgid):
             os.kill(pid, 9)
+
+
+def test_a_command_that_cannot_start_goes_through_stop(tmp_path):
+    """Popen itself failing (no such program) still calls stop(): a subclass stops what it started beside it."""
+    stopped = []
+
+    class WithHelper(procs.ManagedProcess):
+        def stop(self):
+            stopped.append(True)
+            super().stop()
+
+    with pytest.raises(FileNotFoundError):
+        WithHelper([str(tmp_path / "no-such-program")], name="missing").start()
+    assert stopped == [True]
