@@ -184,6 +184,27 @@ def _tell_reaper(line: str) -> None:
             pass
 
 
+def _drop_reaper_in_child() -> None:
+    """After a fork (a fork-start DataLoader worker): the child holds a copy of the pipe to its parent's reaper,
+    which would keep the reaper from seeing EOF until the child exits too. Point the copy at /dev/null (closing
+    the number outright would let the file object close a reused one later); a lock a parent thread held at the
+    fork is replaced."""
+    global _reaper, _reaper_lock
+    _reaper_lock = threading.Lock()
+    if _reaper is not None and _reaper.stdin is not None:
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, _reaper.stdin.fileno())
+            os.close(null)
+        except (OSError, ValueError):
+            pass
+    _reaper = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_reaper_in_child)
+
+
 def remove_if_owner_dies(pattern: str, remove: bool = True) -> None:
     """Files (a glob) to delete should this process die before cleaning them up itself; remove=False withdraws it."""
     _tell_reaper(f"{'files' if remove else 'unfiles'} {pattern}")

@@ -145,8 +145,15 @@ from labkit import procs
 server = procs.ManagedProcess([sys.executable, "-c", sys.argv[2], str(procs.free_port())], name="demo",
                               start_timeout=30).start()
 procs.remove_if_owner_dies(sys.argv[4])
+if sys.argv[1] == "fork":   # a forked child (as a fork-start DataLoader worker) that outlives its parent
+    import os
+    child = os.fork()
+    if child == 0:
+        time.sleep(120)
+        os._exit(0)
+    print(child, flush=True)
 print(server.pid, flush=True)
-if sys.argv[1] == "wait":
+if sys.argv[1] in ("wait", "fork"):
     time.sleep(600)
 '''
 
@@ -159,11 +166,19 @@ def _owner(mode, tmp_path):
     labkit_parent = str(Path(procs.__file__).resolve().parents[1])
     owner = subprocess.Popen([sys.executable, "-c", OWNER, mode, SERVER, labkit_parent, str(tmp_path / "region-*")],
                              stdout=subprocess.PIPE, text=True)
+    child = int(owner.stdout.readline()) if mode == "fork" else None
     pgid = int(owner.stdout.readline())
     deadline = time.time() + 10
-    while mode == "wait" and len(group_members(pgid)) < 2 and time.time() < deadline:
+    while mode != "exit" and len(group_members(pgid)) < 2 and time.time() < deadline:
         time.sleep(0.1)
-    return owner, pgid, leftover
+    return (owner, pgid, leftover) if child is None else (owner, pgid, leftover, child)
+
+
+def _running(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _gone(pgid, seconds=20):
@@ -190,6 +205,26 @@ def test_a_killed_owner_leaves_no_server_and_no_registered_files(tmp_path):
         owner.kill()
         for pid in group_members(pgid):
             os.kill(pid, 9)
+
+
+def test_a_forked_child_that_outlives_its_killed_owner_does_not_delay_the_reaper(tmp_path):
+    """A forked child inherits the owner's pipe to the reaper; it closes its copy at fork, so the owner's death
+    alone is the reaper's EOF and the server is ended while the child still runs."""
+    import signal
+    owner, pgid, leftover, child = _owner("fork", tmp_path)
+    try:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(timeout=10)
+        assert _gone(pgid)
+        assert _running(child)   # the child is still there: it did not hold the reaper back
+    finally:
+        owner.kill()
+        for pid in group_members(pgid):
+            os.kill(pid, 9)
+        try:
+            os.kill(child, 9)
+        except ProcessLookupError:
+            pass
 
 
 def test_an_owner_that_exits_without_stopping_its_server_stops_it(tmp_path):
