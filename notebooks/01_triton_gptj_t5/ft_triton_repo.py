@@ -758,20 +758,24 @@ class TritonServer(ManagedProcess):
 
     def _watch(self, stop: threading.Event) -> None:
         while not stop.wait(self.watch_interval):
+            now = self.snapshot()
+            gone = {}
+            for model, was in self.expected.items():
+                cur = now.get(model)
+                if cur is None:
+                    gone[model] = f"its python-backend stub (pid {was['stub']}) is gone"
+                elif len(cur["ranks"]) < len(was["ranks"]):
+                    gone[model] = f"tensor-parallel rank processes {sorted(set(was['ranks']) - set(cur['ranks']))} are gone"
+            if gone:   # a server being killed hands its children to init a moment before it can be reaped
+                stop.wait(0.2)
+            # asked after the snapshot: a server that died during it left no children to list, which is its exit,
+            # not every model's stub gone (asked before, that read as a stub death and a reload of a dead server)
             if not self.alive():
                 self.event(f"tritonserver exited with code {self.proc.returncode}; restarting it")
                 self._restart(stop)
                 return
-            now = self.snapshot()
-            for model, was in list(self.expected.items()):
-                cur = now.get(model)
-                if cur is None:
-                    why = f"its python-backend stub (pid {was['stub']}) is gone"
-                elif len(cur["ranks"]) < len(was["ranks"]):
-                    why = f"tensor-parallel rank processes {sorted(set(was['ranks']) - set(cur['ranks']))} are gone"
-                else:
-                    continue
-                if not self._reload(model, why, was, stop):
+            for model, why in gone.items():
+                if not self._reload(model, why, self.expected[model], stop):
                     self._restart(stop)
                     return
 
