@@ -7,7 +7,7 @@
 # Each step writes its result into the stage folder the notebook reads (labkit.stage_dir); a step whose file is
 # already there is skipped, so the job can be started again after a machine was lost. Stage files carried in as
 # build/stages/01_triton_gptj_t5.full/ (gpu_image_env.sh copies them) count too: with the committed
-# results/batch_bench_h200_*.json there as batch_bench.json, REDO_T5=1 re-measures only the T5 part.
+# results/batch_bench_h200_*.json there as batch_bench.json, REDO=t5 (or REDO=gptj_batch,t5) re-measures only those parts.
 set -u
 export PYTHONUNBUFFERED=1
 R=$PWD
@@ -25,12 +25,13 @@ else
   step bt.json python3 ft_batch_bench.py --stage --parts gptj_batch,t5 --t5-archs t5-small,t5-base --out bt.json
   step batch_bench.json python3 ft_batch_bench.py --stage --merge b1.json bt.json
 fi
-# 2b. REDO_T5=1: the T5 part again (T5-small and T5-base, about 4 min) over an earlier batch_bench.json, which keeps
-#     its GPT-J parts (issue 19: the T5 ratios of 2026-12-01 were measured before the per-layer cache fix)
-if [ -n "${REDO_T5:-}" ]; then
-  step t5.json python3 ft_batch_bench.py --stage --parts t5 --t5-archs t5-small,t5-base --out t5.json
-  step t5_merged.json python3 ft_batch_bench.py --stage --merge batch_bench.json t5.json --out t5_merged.json
-  [ -s "$ST/t5_merged.json" ] && cp "$ST/t5_merged.json" "$ST/batch_bench.json"
+# 2b. REDO=<parts> (e.g. t5, or gptj_batch,t5): those parts again over an earlier batch_bench.json, which keeps its
+#     other parts (issue 19: the T5 ratios were measured before the per-layer cache fix; the batches below the cache's
+#     rows before the row-index write fix)
+if [ -n "${REDO:-}" ]; then
+  step redo.json python3 ft_batch_bench.py --stage --parts "$REDO" --t5-archs t5-small,t5-base --out redo.json
+  step redo_merged.json python3 ft_batch_bench.py --stage --merge batch_bench.json redo.json --out redo_merged.json
+  [ -s "$ST/redo_merged.json" ] && cp "$ST/redo_merged.json" "$ST/batch_bench.json"
 fi
 # 3. served: GPT-J-6B behind Triton under dynamic batching, 1/8/32 gRPC clients, beside the direct runtime
 step served_gpu.json python3 ft_served_gpu.py --out "$ST/served_gpu.json" --max-batch-size 32 --clients 1,8,32

@@ -53,16 +53,16 @@ def test_gpu_full_01_runs_the_steps_in_order_and_resumes(tmp_path):
     assert "--t5-archs t5-small,t5-base" in next(t for t in run("gpu_full_01.sh", tmp_path / "fresh")[0] if "bt.json" in t)
 
 
-def test_gpu_full_01_redoes_only_the_t5_part_over_a_carried_batch_bench(tmp_path, monkeypatch):
+def test_gpu_full_01_redoes_only_the_named_parts_over_a_carried_batch_bench(tmp_path, monkeypatch):
     stage = tmp_path / "stages" / "01_triton_gptj_t5.full"
     stage.mkdir(parents=True)
     (stage / "batch_bench.json").write_text('{"gptj_b1": {}}')      # carried in: GPT-J parts measured before
     (stage / "served_gpu.json").write_text("{}")
-    monkeypatch.setenv("REDO_T5", "1")
+    monkeypatch.setenv("REDO", "gptj_batch,t5")
     lines, _ = run("gpu_full_01.sh", tmp_path)
     assert [t.split()[0] for t in lines] == ["ft_batch_bench.py", "ft_batch_bench.py", "ci/run_notebooks.py"]
-    assert "--parts t5 --t5-archs t5-small,t5-base" in lines[0] and "--merge batch_bench.json t5.json" in lines[1]
-    assert (stage / "batch_bench.json").read_text() == (stage / "t5_merged.json").read_text()   # the merged file
+    assert "--parts gptj_batch,t5 --t5-archs t5-small,t5-base" in lines[0] and "--merge batch_bench.json redo.json" in lines[1]
+    assert (stage / "batch_bench.json").read_text() == (stage / "redo_merged.json").read_text()   # the merged file
     lines, _ = run("gpu_full_01.sh", tmp_path)                      # again: nothing re-measured
     assert [t.split()[0] for t in lines] == ["ci/run_notebooks.py"]
 

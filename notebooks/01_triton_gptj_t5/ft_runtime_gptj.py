@@ -259,6 +259,7 @@ class GPTJRuntime:
         cos = self.cos[pos][:, None, None, :]                            # [b, 1, 1, rd]
         sin = self.sin_signed[pos][:, None, None, :]
         scale = 1.0 / (self.hd ** 0.5)
+        rows = torch.arange(b, device=tok.device)
         for l, w in enumerate(self.layers):
             h = F.layer_norm(x, (self.d,), w["ln_w"], w["ln_b"], self.m["layernorm_eps"])
             y = linear(h, w["w1"], w["b1"], self.layout["in"])            # [b, 7d/N] = [q | k | v | ffn]
@@ -267,7 +268,9 @@ class GPTJRuntime:
             swapped = qk.unflatten(-1, (rd // 2, 2)).flip(-1).flatten(-2)
             qkv[:, :2, :, :rd] = qk * cos + swapped * sin                 # rotary on q and k, in place
             kv = self.kv[l]
-            kv[:, :b, :, slot] = qkv[:, 1:].transpose(0, 1).unsqueeze(3)  # K and V into the cache, one copy
+            # K and V into the cache, one write: rows named by index, not by a [:b] slice, which torch.compile
+            # turned into a copy of those rows' whole cache at every step whenever b < max_batch
+            kv[:, rows, :, slot] = qkv[:, 1:]                             # kv[:, rows, :, slot] is [b, 2, h, hd]
             a = self._decode_attention(qkv[:, 0].unsqueeze(2), kv[0, :b, :, :kv_len], kv[1, :b, :, :kv_len],
                                        bias, scale)                       # [b, h, 1, hd]
             f = F.gelu(y[:, 3 * nq:], approximate="tanh")

@@ -186,11 +186,14 @@ class T5Runtime:
         buckets = relative_bucket(rel, False, self.m["num_buckets"], self.m["max_distance"])
         bias = F.embedding(buckets, self.dec_bias.t()).permute(2, 0, 1)[None].float()  # [1, hl, s, kv]
         bias = bias.masked_fill((rel > 0)[None, None], NEG)
+        # cache rows named by index, not by a [:b] slice: torch.compile turned a write into the slice into a copy
+        # of those rows' whole cache at every step whenever b < max_batch; cache[rows, :, slots] is [b, s, hl, hd]
+        rows, cols = torch.arange(b, device=self.device)[:, None], slots[None, :]
         for l, w in enumerate(self.dec):
             h = rms_norm(x, w["ln0"], self.m["eps"])
             q, k, v = linear(h, w["qkv"], None, self.layout["qkv"]).view(b, s, 3, self.hl, self.hd).unbind(2)
-            self.k_cache[l][:b].index_copy_(2, slots, k.transpose(1, 2))
-            self.v_cache[l][:b].index_copy_(2, slots, v.transpose(1, 2))
+            self.k_cache[l][rows, :, cols] = k
+            self.v_cache[l][rows, :, cols] = v
             a = attention(q.transpose(1, 2), self.k_cache[l][:b, :, :kv_len], self.v_cache[l][:b, :, :kv_len],
                           bias, self.attn_impl, 1.0)
             x = x + self.tp.all_reduce(linear(a.transpose(1, 2).reshape(b, s, -1), w["o"], None, self.layout["attn_out"]))

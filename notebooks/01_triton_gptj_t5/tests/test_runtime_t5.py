@@ -118,3 +118,23 @@ def test_compiled_decoder_step_writes_a_slot_not_the_whole_cache():
     cache_numel = rows * runtime.hl * out * runtime.hd
     assert logits.shape == (1, 1, runtime.m["vocab_size"]) and codes
     assert not any(str(cache_numel) in c for c in codes), "the compiled step touches a whole layer cache"
+
+
+def test_compiled_decoder_step_at_a_batch_below_the_cache_rows_copies_no_cache():
+    """A batch smaller than the cache's rows (the bucketed batches, the served model under dynamic batching):
+    a write into `cache[:b]` made Inductor copy those b rows' whole cache out and back at every step (the generated
+    code looped over b x heads x max_out x head_dim elements; on the CPU, rows 64 / batch 8 / max_out 512: 1.57x
+    the step time). The step writes its slots by row index instead."""
+    import ft_bench
+    from torch._inductor.utils import run_and_get_code
+    rows, b, out = 7, 3, 40      # sizes no other part of the tiny model shares
+    runtime = rt5.T5Runtime.from_hf(ft_bench.random_t5("t5-tiny", torch.float32, "cpu"), dtype=torch.float32,
+                                    device="cpu", max_batch=rows, max_out=out)
+    mask = torch.ones(b, 4, dtype=torch.long)
+    runtime.set_encoder(runtime.encode(torch.tensor([[5, 6, 7, 1]] * b), mask), mask)
+    eager = runtime.decoder(torch.full((b, 1), 3), torch.tensor([0]), out, runtime.cross_bias).clone()
+    step = torch.compile(runtime.decoder, fullgraph=True, dynamic=False)
+    logits, codes = run_and_get_code(step, torch.full((b, 1), 3), torch.tensor([0]), out, runtime.cross_bias)
+    torch.testing.assert_close(logits, eager)
+    rows_cache = b * runtime.hl * out * runtime.hd
+    assert codes and not any(str(rows_cache) in c for c in codes), "the compiled step copies the batch rows' cache"
