@@ -279,9 +279,11 @@ class TPEngine:
                 pending.discard(r)
                 if answers[r][0] == "group error":   # with every error so far: another rank's may be the cause
                     # a rank that died is the cause when there is one: its peers' collectives fail with "connection
-                    # reset" as soon as it is gone, often before its own pipe is read here
-                    dead = set(mp_connection.wait([self.procs[q].sentinel for q in pending - {r}], timeout=0.5))
-                    for q in sorted(q for q in pending - {r} if self.procs[q].sentinel in dead):
+                    # reset" as soon as it is gone, often before its own pipe is read here (`pending`: the ranks
+                    # that have not answered, r no longer among them)
+                    sentinels = [self.procs[q].sentinel for q in pending]
+                    dead = set(mp_connection.wait(sentinels, timeout=0.5)) if sentinels else set()
+                    for q in sorted(q for q in pending if self.procs[q].sentinel in dead):
                         self.procs[q].join(5)
                         self._broke(f"tensor-parallel rank {q} exited (exit code {self.procs[q].exitcode}) during {what}")
                     errors = [f"rank {q}: {a[1].strip().splitlines()[-1]}" for q, a in enumerate(answers) if a and a[0] != "ok"]
