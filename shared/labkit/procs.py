@@ -97,8 +97,7 @@ def _group_alive(pgid: int) -> bool:
         return True
 
 
-_reaper: Optional[subprocess.Popen] = None
-_reaper_pid = 0   # the process that started _reaper (a forked child must not use its parent's)
+_reaper: Optional[subprocess.Popen] = None   # this process's own: a forked child drops its parent's (at fork)
 _reaper_lock = threading.Lock()
 _live: "weakref.WeakSet[ManagedProcess]" = weakref.WeakSet()
 
@@ -163,14 +162,13 @@ def _reap(lines) -> None:
 
 def _tell_reaper(line: str) -> None:
     """Send one line to this process's reaper, starting it first if needed (Linux; elsewhere a no-op)."""
-    global _reaper, _reaper_pid
+    global _reaper
     if not sys.platform.startswith("linux"):
         return
     with _reaper_lock:
-        if _reaper is None or _reaper_pid != os.getpid() or _reaper.poll() is not None:
+        if _reaper is None or _reaper.poll() is not None:
             if line.startswith(("del", "unfiles")):
                 return
-            _reaper_pid = os.getpid()
             # its own session: a Ctrl-C or a group signal aimed at the owner's group does not reach it
             # this file as a script; -I: only the standard library on its path (not labkit's folder, whose
             # profile.py would shadow the standard one)
