@@ -6,7 +6,9 @@
 #         --target "$LABKIT_GPU_SITE" .whl_05/*.whl
 #     python3 ci/gpu_job.py start full05 -- bash ci/gpu_full_05.sh ; python3 ci/gpu_job.py wait full05 540
 # The pieces land in the stage folder (labkit.stage_dir); a piece already there is loaded, not computed again,
-# so the job resumes after a lost machine. With one GPU the 1- vs 2-GPU piece is left out (mo_full.py says so).
+# so the job resumes after a lost machine (carry the stage folder back); the 1- vs 2-GPU piece also keeps each of
+# its four runs as it ends (mo_ddp._launch_once), under build/stages/05_monai.full/.ddp_compare.partial.
+# With one GPU the 1- vs 2-GPU piece is left out (mo_full.py says so).
 set -u
 export PYTHONUNBUFFERED=1
 R=$PWD

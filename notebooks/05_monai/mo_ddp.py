@@ -84,7 +84,7 @@ def compare_world_sizes(cfg, train_items, val_items, out: Path, nprocs=(1, 2), g
         if global_batch % n:
             raise ValueError(f"global batch {global_batch} does not split over {n} processes")
         c = replace(cfg, batch_size=global_batch // n)
-        hist, _, _ = launch(c, train_items, val_items, Path(out) / f"np{n}", nproc=n, timeout=timeout)
+        hist = _launch_once(c, train_items, val_items, Path(out) / f"np{n}", n, timeout)
         res[n] = {**_run_record(hist), "per_process_batch": c.batch_size, "epoch_seconds": hist.epoch_seconds}
     n_max = max(nprocs)
     summary = {"runs": res, "global_batch": global_batch}
@@ -95,7 +95,7 @@ def compare_world_sizes(cfg, train_items, val_items, out: Path, nprocs=(1, 2), g
             summary["val_mean_dice_difference"] = d
     if seed_run and 1 in res and res[1]["val_mean_dice"] is not None:
         c = replace(cfg, batch_size=global_batch, seed=cfg.seed + 1)
-        hist, _, _ = launch(c, train_items, val_items, Path(out) / "np1_seed", nproc=1, timeout=timeout)
+        hist = _launch_once(c, train_items, val_items, Path(out) / "np1_seed", 1, timeout)
         r = _run_record(hist)
         d = _dice_difference(res[1], r)
         if d is not None:
@@ -104,6 +104,24 @@ def compare_world_sizes(cfg, train_items, val_items, out: Path, nprocs=(1, 2), g
     if sync_bn_run and n_max > 1:
         summary["sync_bn"] = _sync_bn_run(cfg, train_items, val_items, out, n_max, global_batch, timeout, res.get(1))
     return summary
+
+
+def _launch_once(cfg, train_items, val_items, out: Path, nproc: int, timeout: Optional[float]):
+    """launch(), unless `out` holds the finished run of this very config and data (run.json, written atomically
+    after the run): a comparison cut short (a run that failed or timed out, a stopped job) resumes with the runs
+    it finished while its stage folder is there (the same machine, or carried back): two-GPU time is scarce."""
+    import mo_train
+    from labkit.paths import atomic_write_text
+    record, want = Path(out) / "run.json", json.loads(json.dumps(
+        {"config": asdict(cfg), "train_items": list(train_items), "val_items": list(val_items), "nproc": nproc}))
+    if record.exists():
+        have = json.loads(record.read_text())
+        if have["run"] == want:
+            return mo_train.History(**have["history"])
+    hist, _, _ = launch(cfg, train_items, val_items, out, nproc=nproc, timeout=timeout)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record, json.dumps({"run": want, "history": asdict(hist)}))
+    return hist
 
 
 def _run_record(hist) -> dict:
@@ -126,8 +144,8 @@ def _sync_bn_run(cfg, train_items, val_items, out: Path, n: int, global_batch: i
     does per-process BatchNorm explain the 1- vs n-process Dice difference? A failure is recorded, not raised."""
     from dataclasses import replace
     try:
-        hist, _, _ = launch(replace(cfg, batch_size=global_batch // n, sync_bn=True), train_items, val_items,
-                            Path(out) / f"np{n}_sync_bn", nproc=n, timeout=timeout)
+        hist = _launch_once(replace(cfg, batch_size=global_batch // n, sync_bn=True), train_items, val_items,
+                            Path(out) / f"np{n}_sync_bn", n, timeout)
     except Exception as e:  # noqa: BLE001 - the plain comparison above still stands
         msg = str(e)   # torchrun's report ends in its own wrapper frames: keep the processes' exception lines too
         causes = list(dict.fromkeys(l.strip() for l in msg.splitlines() if re.search(r"\w+(Error|Exception): \S", l)))

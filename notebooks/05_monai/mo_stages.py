@@ -90,7 +90,8 @@ class NotStarted(Exception):
 class Stage:
     """Finished pieces in `folder`. A piece is <name>.json (written last, atomically: it marks the piece done)
     and, if the piece writes files, the folder <name>/. reuse=False (the smoke profile) computes every piece
-    asked for, still keeping its files there."""
+    asked for, still keeping its files there. A piece function marked `resumable` keeps its work folder
+    (.<name>.partial) across a failed or cut-short attempt, to pick up the parts it finished (ddp_piece)."""
 
     def __init__(self, folder: Path, budget_s: Optional[float] = None, log: Callable = print, reuse: bool = True):
         self.folder, self.reuse = Path(folder), reuse
@@ -115,8 +116,9 @@ class Stage:
         if self.budget_s is not None and self.elapsed() + expect_s > self.budget_s:
             raise NotStarted(f"{name}: expected {expect_s:.0f} s, {self.budget_s - self.elapsed():.0f} s of the budget left")
         work = self.folder / f".{name}.partial"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
+        if not (self.reuse and getattr(fn, "resumable", False)):   # a resumable piece resumes its last attempt
+            shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
         self.log(f"[stage] {name}: computing (expected {expect_s:.0f} s)")
         res = fn(work)
@@ -210,6 +212,7 @@ def ddp_piece(K: dict, D: dict, seed: int, nprocs=(1, 2), timeout: float = 1200)
         shutil.rmtree(work / "runs")    # checkpoints of a timing run: not kept
         res["runs"] = {str(k): v for k, v in res["runs"].items()}
         return {**res, "config": asdict(cfg), "machine": machine()}
+    run.resumable = True    # its runs are kept in the work folder as they finish (mo_ddp._launch_once)
     return run
 
 

@@ -78,6 +78,45 @@ def test_ddp_one_and_two_processes_same_global_batch(synth_subjects, tmp_path):
         mo_ddp.compare_world_sizes(cfg, synth_subjects[:2], [], tmp_path, nprocs=(2,), global_batch=3)
 
 
+def test_ddp_comparison_cut_short_resumes_with_its_finished_runs(tmp_path, monkeypatch):
+    """A comparison stopped after some of its runs (here: the third fails): the next attempt launches only the
+    runs not finished (and a run of another config again), through Stage.piece's kept work folder."""
+    import shutil
+    from pathlib import Path
+    import mo_ddp
+    import mo_stages
+    launched, fail_at = [], {"n": 2}
+
+    def fake_launch(cfg, train_items, val_items, out, nproc, timeout=None):
+        if len(launched) == fail_at["n"]:
+            raise RuntimeError("DDP training failed (exit -9): machine lost")
+        Path(out).mkdir(parents=True, exist_ok=True)      # as launch() does: spec, checkpoint and history go there
+        launched.append((Path(out).name, cfg.seed, cfg.batch_size))
+        h = mo_train.History(epoch_seconds=[2.0 / nproc] * 3, val_epochs=[3], val_dice=[[0.8, 0.7 + cfg.seed / 100]],
+                             world_size=nproc)
+        return h, Path(out) / "checkpoint.pt", ""
+    monkeypatch.setattr(mo_ddp, "launch", fake_launch)
+    K = {**mo_stages.params("tiny"), "size": "full"}      # the GPU piece's run list: 1, 2, seed, SyncBatchNorm
+    D = {"train": [{"id": "a"}, {"id": "b"}], "val": [{"id": "c"}]}
+    st = mo_stages.Stage(tmp_path, log=lambda m: None)
+    with pytest.raises(RuntimeError, match="machine lost"):
+        st.piece("ddp_compare", mo_stages.ddp_piece(K, D, seed=0))
+    assert [n for n, _, _ in launched] == ["np1", "np2"] and not st.done("ddp_compare")
+    kept = tmp_path / "other" / ".ddp_compare.partial"      # the same kept runs, for another seed below
+    shutil.copytree(tmp_path / ".ddp_compare.partial", kept)
+    fail_at["n"] = 10 ** 6
+    res = st.piece("ddp_compare", mo_stages.ddp_piece(K, D, seed=0))
+    assert [n for n, _, _ in launched] == ["np1", "np2", "np1_seed", "np2_sync_bn"]   # np1, np2 not run again
+    assert res["epoch_speedup"] == pytest.approx(2.0)
+    assert res["seed_noise"]["val_mean_dice_difference"] == pytest.approx(0.005)
+    assert not (tmp_path / ".ddp_compare.partial").exists() and st.done("ddp_compare")
+    # another seed is another config: its runs are launched, not taken from a kept record
+    st2 = mo_stages.Stage(tmp_path / "other", log=lambda m: None)
+    del launched[:]
+    st2.piece("ddp_compare", mo_stages.ddp_piece(K, D, seed=1))
+    assert [s for _, s, _ in launched] == [1, 1, 2, 1]
+
+
 def test_race_stops_at_the_target_and_counts_the_cache_fill(synth_subjects):
     cfg = mo_train.Config(recipe="fast", pixdim=6.0, roi=16, num_samples=2, cache_workers=1, synth=True)
     res = mo_train.race({"easy": cfg}, synth_subjects[:2], synth_subjects[2:], "cpu",
