@@ -118,8 +118,7 @@ def _launch_once(cfg, train_items, val_items, out: Path, nproc: int, timeout: Op
         have = json.loads(record.read_text())
         if have["run"] == want:
             return mo_train.History(**have["history"])
-    hist, _, _ = launch(cfg, train_items, val_items, out, nproc=nproc, timeout=timeout)
-    record.parent.mkdir(parents=True, exist_ok=True)
+    hist, _, _ = launch(cfg, train_items, val_items, out, nproc=nproc, timeout=timeout)   # creates `out`
     atomic_write_text(record, json.dumps({"run": want, "history": asdict(hist)}))
     return hist
 

@@ -102,8 +102,8 @@ def test_ddp_comparison_cut_short_resumes_with_its_finished_runs(tmp_path, monke
     with pytest.raises(RuntimeError, match="machine lost"):
         st.piece("ddp_compare", mo_stages.ddp_piece(K, D, seed=0))
     assert [n for n, _, _ in launched] == ["np1", "np2"] and not st.done("ddp_compare")
-    kept = tmp_path / "other" / ".ddp_compare.partial"      # the same kept runs, for another seed below
-    shutil.copytree(tmp_path / ".ddp_compare.partial", kept)
+    # the same kept runs, for another seed below
+    shutil.copytree(tmp_path / ".ddp_compare.partial", tmp_path / "other" / ".ddp_compare.partial")
     fail_at["n"] = 10 ** 6
     res = st.piece("ddp_compare", mo_stages.ddp_piece(K, D, seed=0))
     assert [n for n, _, _ in launched] == ["np1", "np2", "np1_seed", "np2_sync_bn"]   # np1, np2 not run again
